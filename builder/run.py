@@ -1,0 +1,68 @@
+"""The one wrapper for external commands: logs the command, clears stdin, raises with stderr."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from builder.errors import BuilderError
+
+log = logging.getLogger("builder.run")
+
+
+def require_tool(name: str, package: str | None = None) -> str:
+    """Return the path of an external tool or fail with the package that provides it."""
+    path = shutil.which(name)
+    if path is None:
+        pkg = package or name
+        raise BuilderError(
+            f"required tool '{name}' was not found on PATH",
+            hint=f"install it, e.g. `apt-get install {pkg}`",
+        )
+    return path
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    capture: bool = True,
+    check: bool = True,
+    timeout: float | None = None,
+    input: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command with LANG=C.UTF-8 and no stdin; raise BuilderError with stderr on failure."""
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("+ %s", shlex.join(argv))
+    full_env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **(env or {})}
+    try:
+        proc = subprocess.run(
+            argv,
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise BuilderError(f"command not found: {argv[0]}", hint="install the tool that provides it") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise BuilderError(f"command timed out after {timeout}s: {shlex.join(argv)}") from exc
+    if check and proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip()
+        out = (proc.stdout or b"").decode(errors="replace").strip()
+        detail = err or out
+        raise BuilderError(
+            f"command failed with exit code {proc.returncode}: {shlex.join(argv)}"
+            + (f"\n{detail[-4000:]}" if detail else "")
+        )
+    return proc
