@@ -1,0 +1,44 @@
+"""`builder render` and `builder validate`."""
+
+from __future__ import annotations
+
+import argparse
+
+from builder.artifacts import write_seed
+from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="render the autoinstall and first-boot seeds from the host model")
+    add_host_arg(p)
+    add_out_arg(p)
+    add_schema_arg(p)
+    p.set_defaults(func=cmd_render)
+
+    v = sub.add_parser("validate", help="validate the host model and its rendered seeds (writes nothing)")
+    add_host_arg(v)
+    add_schema_arg(v)
+    v.set_defaults(func=cmd_validate)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    model = load_host(args)
+    files, steps = render_checked(model, args.schema_dir, tools=False)
+    host_dir = write_seed(model, files, args.out)
+    for s in steps:
+        print(f"  {s.name}: {s.status}")
+    for name in sorted(files):
+        print(f"wrote {host_dir / name}")
+    print(f"wrote {host_dir / 'manifest.json'}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    model = load_host(args)
+    print(f"host model {model.source_path}: ok")
+    _files, steps = render_checked(model, args.schema_dir, tools=True)
+    width = max(len(s.name) for s in steps)
+    for s in steps:
+        note = f"  ({s.detail.splitlines()[0]})" if s.status == "skipped" and s.detail else ""
+        print(f"  {s.name:<{width}}  {s.status}{note}")
+    return 0

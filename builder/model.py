@@ -1,0 +1,290 @@
+"""The typed host model. Attribute names mirror the YAML keys of hosts/*.yaml exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from builder.errors import ProblemsError
+from builder.typedparse import Collector, build_dataclass, is_missing
+from builder.yamlsrc import Source, load_yaml_file
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: str
+    domain: str
+    role: str
+    timezone: str
+    locale: str
+    source_date_epoch: int
+    keyboard_layout: str = "us"
+
+
+@dataclass(frozen=True)
+class Iso:
+    name: str
+    url: str
+    sha256: str
+    sha256sums_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Os:
+    release: str
+    codename: str
+    iso: Iso
+    distribution: Literal["ubuntu"] = "ubuntu"
+    install_source: str = "ubuntu-server-minimal"
+    kernel_package: str = "linux-generic"
+    kernel_cmdline: tuple[str, ...] = ()
+    updates: Literal["security", "all"] = "security"
+
+
+@dataclass(frozen=True)
+class DiskMatch:
+    serial: str | None = None
+    by_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Disk:
+    match: DiskMatch
+    filesystem: Literal["ext4", "xfs"] = "ext4"
+    mountpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Storage:
+    os_disk: Disk
+    scratch: Disk | None = None
+
+
+@dataclass(frozen=True)
+class Interface:
+    vlan: int
+    purpose: Literal["services", "management"]
+    mac: str
+    name: str
+    dhcp: bool
+    subnet: str
+    tagged: bool = False
+    gateway: str | None = None
+    address: str | None = None  # CIDR, for static addressing
+    reserved_address: str | None = None  # the address a DHCP reservation hands out
+
+    @property
+    def ip(self) -> str | None:
+        """The address the host is expected to have on this NIC (static or reserved)."""
+        if self.address:
+            return self.address.split("/")[0]
+        return self.reserved_address
+
+
+@dataclass(frozen=True)
+class Network:
+    default_route: str
+    interfaces: dict[str, Interface]
+    nameservers: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    ssh_authorized_keys: tuple[str, ...] = ()
+    gecos: str = ""
+    groups: tuple[str, ...] = ()
+    sudo: str | None = None
+    shell: str = "/bin/bash"
+    password_hash: str | None = None
+    password_file: str | None = None
+    password: str | None = None  # never allowed: present only to give a clear error
+
+
+@dataclass(frozen=True)
+class SshCrypto:
+    kex: tuple[str, ...]
+    ciphers: tuple[str, ...]
+    macs: tuple[str, ...]
+    host_key_algorithms: tuple[str, ...]
+    min_moduli_bits: int = 3072
+
+
+@dataclass(frozen=True)
+class Ssh:
+    listen_on: str
+    permit_root_login: bool
+    password_authentication: bool
+    crypto: SshCrypto
+    port: int = 22
+    max_auth_tries: int = 3
+    allow_groups: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NfsMount:
+    mountpoint: str
+    export: str
+    access: Literal["ro", "rw"]
+    purpose: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Nfs:
+    server: str
+    version: str
+    root: str
+    mounts: tuple[NfsMount, ...]
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AptRepo:
+    url: str
+    suite: str
+    component: str
+    key_file: str
+    key_fingerprint: str
+
+
+@dataclass(frozen=True)
+class Apt:
+    ubuntu_mirror: str
+    docker: AptRepo
+    nvidia: AptRepo
+    ubuntu_security_mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class Docker:
+    packages: tuple[str, ...]
+    data_root: str
+    tcp_api: bool
+    bind_published_ports_to: str
+    version: str | None = None
+    log_max_size: str = "50m"
+    requires_mounts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NvidiaDriver:
+    package: str
+    version: str | None
+    hold: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerToolkit:
+    enabled: bool
+    package: str = "nvidia-container-toolkit"
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Nvidia:
+    gpu: str
+    driver: NvidiaDriver
+    container_toolkit: ContainerToolkit
+
+
+@dataclass(frozen=True)
+class Virtualization:
+    enabled: bool = False
+    cpu_mode: str = "host-passthrough"
+    cpu_overcommit: bool = False
+    memory_overcommit: bool = False
+    gpu_passthrough: bool = False
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    enabled: bool = False
+    node_exporter: bool = True
+    dcgm_exporter: bool = False
+
+
+@dataclass(frozen=True)
+class Features:
+    virtualization: Virtualization = field(default_factory=Virtualization)
+    monitoring: Monitoring = field(default_factory=Monitoring)
+
+
+@dataclass(frozen=True)
+class HostModel:
+    schema_version: Literal[1]
+    host: Host
+    os: Os
+    storage: Storage
+    network: Network
+    users: tuple[User, ...]
+    ssh: Ssh
+    nfs: Nfs
+    apt: Apt
+    docker: Docker
+    nvidia: Nvidia
+    features: Features = field(default_factory=Features)
+    # Where the model came from; relative file references resolve against its folder.
+    source_path: Path = field(default=Path("hosts/prometheus.yaml"), metadata={"internal": True})
+
+    @property
+    def base_dir(self) -> Path:
+        return self.source_path.parent
+
+    def resolve(self, relative: str) -> Path:
+        p = Path(relative)
+        return p if p.is_absolute() else self.base_dir / p
+
+    @property
+    def admin(self) -> User:
+        return self.users[0]
+
+    @property
+    def servers(self) -> Interface:
+        return self.network.interfaces["servers"]
+
+    @property
+    def mgmt(self) -> Interface:
+        return self.network.interfaces["mgmt"]
+
+
+def default_model_path() -> Path:
+    """The embedded default model: hosts/prometheus.yaml beside the package (or packaged data)."""
+    repo_copy = Path(__file__).resolve().parent.parent / "hosts" / "prometheus.yaml"
+    if repo_copy.exists():
+        return repo_copy
+    return Path(str(resources.files("builder") / "data" / "hosts" / "prometheus.yaml"))
+
+
+def parse_model(src: Source, source_path: Path) -> tuple[HostModel, list]:
+    """Typed parse + semantic rules. Returns the model and warnings; raises with all errors."""
+    from builder.model_rules import check_model  # rules need the classes above
+
+    c = Collector(src)
+    if src.data is None:
+        c.add((), "the file is empty; expected a host model mapping (see hosts/prometheus.yaml)")
+        raise ProblemsError(c.problems)
+    model = build_dataclass(HostModel, src.data, (), c)
+    if is_missing(model):
+        raise ProblemsError(c.problems)
+    object.__setattr__(model, "source_path", source_path)
+    check_model(model, c)
+    if c.errors:
+        raise ProblemsError(c.problems)
+    return model, [p for p in c.problems if p.severity == "warning"]
+
+
+def load_model_with_warnings(path: Path | None = None) -> tuple[HostModel, list]:
+    path = Path(path) if path else default_model_path()
+    src = load_yaml_file(path)
+    return parse_model(src, path.resolve())
+
+
+def load_model(path: Path | None = None) -> HostModel:
+    return load_model_with_warnings(path)[0]

@@ -1,0 +1,274 @@
+"""Stand-in base ISO: the Ubuntu live-server layout, built from Debian packages only.
+
+It exists so that remastering, BIOS/UEFI × CD/USB boots and PXE can be tested offline. Its initrd
+(busybox-static + the Debian kernel's modules) prints the kernel command line and the NoCloud seed
+it finds, then powers off. It is marked as a stand-in in `/.disk/info`, `/.disk/standin` and its
+volume id, and `builder iso` refuses it without `--allow-standin`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from builder.errors import BuilderError
+from builder.outputs import staged_file
+from builder.run import require_tool, run
+
+log = logging.getLogger("builder.standin")
+
+STANDIN_VOLID = "STANDIN Ubuntu-Server amd64"
+STANDIN_MARKER = "STANDIN"
+STANDIN_INFO = (
+    'Ubuntu-Server 24.04 LTS "Noble Numbat" - STANDIN built from Debian packages, NOT INSTALLABLE\n'
+)
+# GPT type of the appended EFI System Partition, as Ubuntu's ISO stores it (xorriso byte order).
+ESP_TYPE_GUID = "28732ac11ff8d211ba4b00a0c93ec93b"
+# GPT type "Basic data" for the ISO partition, as in Ubuntu's ISO.
+ISO_PART_TYPE_GUID = "a2a0d0ebe5b9334487c068b6b72699c7"
+KERNEL_META_PACKAGE = "linux-image-amd64"
+# Modules for CD-ROM, SATA/IDE, USB (xhci + usb-storage), virtio and the usual QEMU NICs.
+WANTED_MODULES = (
+    "isofs", "sr_mod", "ata_piix", "ahci", "sd_mod", "usb_storage", "uas", "xhci_pci",
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop",
+)
+GRUB_COMMON_MODULES = (
+    "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
+    "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
+)
+GRUB_BIOS_MODULES = ("biosdisk",)
+GRUB_EFI_MODULES = ("efi_gop", "efi_uga")
+
+
+@dataclass(frozen=True)
+class KernelTree:
+    root: Path  # extracted linux-image package
+    version: str
+
+    @property
+    def vmlinuz(self) -> Path:
+        return self.root / "boot" / f"vmlinuz-{self.version}"
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "lib" / "modules" / self.version
+
+
+def data_file(name: str) -> bytes:
+    return resources.files("builder").joinpath("data", "standin", name).read_bytes()
+
+
+def kernel_deb(cache: Path) -> Path:
+    """The Debian kernel package, downloaded once with `apt-get download` into the cache."""
+    debs = cache / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    found = sorted(debs.glob("linux-image-*-amd64_*.deb"))
+    if found:
+        return found[-1]
+    require_tool("apt-get", "apt")
+    deps = run(["apt-cache", "depends", KERNEL_META_PACKAGE]).stdout.decode()
+    m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", deps)
+    if not m:
+        raise BuilderError(
+            f"cannot resolve the kernel package behind {KERNEL_META_PACKAGE}",
+            hint="run `apt-get update` first",
+        )
+    log.info("downloading %s (Debian kernel for the stand-in) into %s", m.group(1), debs)
+    run(["apt-get", "download", m.group(1)], cwd=debs, timeout=900)
+    found = sorted(debs.glob("linux-image-*-amd64_*.deb"))
+    if not found:
+        raise BuilderError(f"apt-get download {m.group(1)} produced no .deb in {debs}")
+    return found[-1]
+
+
+def extract_kernel(deb: Path, dest: Path) -> KernelTree:
+    run(["dpkg-deb", "-x", deb, dest])
+    versions = sorted(p.name for p in (dest / "lib" / "modules").iterdir())
+    if len(versions) != 1:
+        raise BuilderError(f"expected one kernel in {deb}, found {versions}")
+    return KernelTree(dest, versions[0])
+
+
+def _modinfo_depends(ko: Path) -> list[str]:
+    data = ko.read_bytes()
+    m = re.search(rb"\x00depends=([^\x00]*)\x00", data)
+    if not m or not m.group(1):
+        return []
+    return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
+
+
+def module_load_order(kernel: KernelTree, wanted: tuple[str, ...] = WANTED_MODULES) -> list[Path]:
+    """Module files (relative to the modules dir) in an order where dependencies come first."""
+    by_name = {
+        p.name.split(".ko")[0].replace("-", "_"): p.relative_to(kernel.modules)
+        for p in (kernel.modules / "kernel").rglob("*.ko*")
+    }
+    builtin = {
+        Path(line).name.split(".ko")[0].replace("-", "_")
+        for line in (kernel.modules / "modules.builtin").read_text().split()
+    }
+    order: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        if name in builtin:
+            return
+        if name not in by_name:
+            raise BuilderError(f"kernel {kernel.version} has no module '{name}'")
+        for dep in _modinfo_depends(kernel.modules / by_name[name]):
+            visit(dep)
+        order.append(by_name[name])
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def _set_tree_mtimes(root: Path, epoch: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            os.utime(Path(dirpath) / name, (epoch, epoch), follow_symlinks=False)
+    os.utime(root, (epoch, epoch))
+
+
+def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
+    """busybox-static + modules + /init, as a reproducible gzip'd newc cpio."""
+    busybox = Path("/bin/busybox")
+    if not busybox.exists() or b"static" not in run(["file", "-b", busybox], check=False).stdout:
+        busybox_pkg = shutil.which("busybox")
+        if not busybox_pkg:
+            raise BuilderError("busybox-static is not installed", hint="apt-get install busybox-static")
+        busybox = Path(busybox_pkg)
+    with tempfile.TemporaryDirectory(prefix="standin-initrd-") as tmp:
+        root = Path(tmp) / "root"
+        for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "cdrom", "tmp"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(busybox, root / "bin" / "busybox")
+        (root / "init").write_bytes(data_file("init"))
+        (root / "etc" / "udhcpc.script").write_bytes(data_file("udhcpc.script"))
+        (root / "etc" / "standin-label").write_text(label + "\n")
+        order = module_load_order(kernel)
+        for rel in order:
+            dst = root / "lib" / "modules" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(kernel.modules / rel, dst)
+        (root / "etc" / "standin-modules").write_text("".join(f"{rel}\n" for rel in order))
+        for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script"):
+            p.chmod(0o755)
+        _set_tree_mtimes(root, epoch)
+        names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+        cpio = run(
+            ["cpio", "-o", "-H", "newc", "--reproducible", "-R", "0:0", "--quiet"],
+            cwd=root,
+            input=("\n".join(names) + "\n").encode(),
+        ).stdout
+    out.write_bytes(gzip.compress(cpio, compresslevel=6, mtime=0))
+    log.info("initrd: %d modules, %d bytes", len(order), out.stat().st_size)
+
+
+def _grub_image(fmt: str, modules: tuple[str, ...], out: Path, workdir: Path) -> None:
+    cfg = workdir / "embedded.cfg"
+    cfg.write_bytes(data_file("embedded.cfg"))
+    run(["grub-mkimage", "-O", fmt, "-p", "/boot/grub", "-c", cfg, "-o", out, *modules])
+
+
+def build_esp(bootx64: Path, out: Path, epoch: int) -> None:
+    size_kib = max(2048, (bootx64.stat().st_size // 1024 + 1024) // 1024 * 1024 + 1024)
+    env = {"SOURCE_DATE_EPOCH": str(epoch)}
+    run(["mkfs.vfat", "--invariant", "-i", "5354414e", "-n", "ESP", "-C", out, str(size_kib)], env=env)
+    run(["mmd", "-i", out, "::/EFI", "::/EFI/boot"], env=env)
+    run(["mcopy", "-i", out, bootx64, "::/EFI/boot/bootx64.efi"], env=env)
+
+
+def write_md5sums(tree: Path, exclude: set[str]) -> None:
+    import hashlib
+
+    lines = []
+    for p in sorted(tree.rglob("*")):
+        rel = "./" + str(p.relative_to(tree))
+        if p.is_file() and rel not in exclude and rel != "./md5sum.txt":
+            lines.append(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {rel}\n")
+    (tree / "md5sum.txt").write_text("".join(lines))
+
+
+def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, overwrite: bool = False) -> Path:
+    """Build the stand-in ISO at `out` (atomically). `pad_mib` adds a filler file (benchmarks)."""
+    for tool, pkg in (("xorriso", "xorriso"), ("grub-mkimage", "grub-pc-bin"), ("mkfs.vfat", "dosfstools"),
+                      ("mcopy", "mtools"), ("cpio", "cpio"), ("dpkg-deb", "dpkg")):
+        require_tool(tool, pkg)
+    for needed, pkg in ((Path("/usr/lib/grub/i386-pc/boot_hybrid.img"), "grub-pc-bin"),
+                        (Path("/usr/lib/grub/x86_64-efi/linux.mod"), "grub-efi-amd64-bin")):
+        if not needed.exists():
+            raise BuilderError(f"missing {needed}", hint=f"apt-get install {pkg}")
+    deb = kernel_deb(cache)
+    with tempfile.TemporaryDirectory(prefix="standin-") as tmp, staged_file(out, overwrite=overwrite) as tmp_out:
+        work = Path(tmp)
+        kernel = extract_kernel(deb, work / "kernel")
+        tree = work / "tree"
+        for d in ("casper", ".disk", "boot/grub/i386-pc", "EFI/boot"):
+            (tree / d).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kernel.vmlinuz, tree / "casper" / "vmlinuz")
+        build_initrd(kernel, tree / "casper" / "initrd", STANDIN_VOLID, epoch)
+        (tree / ".disk" / "info").write_text(STANDIN_INFO)
+        (tree / ".disk" / "standin").write_text(
+            f"This ISO is a test stand-in built by `builder standin iso` from {deb.name}.\n"
+        )
+        (tree / "boot" / "grub" / "grub.cfg").write_bytes(data_file("grub.cfg"))
+        (tree / "boot" / "grub" / "loopback.cfg").write_bytes(data_file("loopback.cfg"))
+        _grub_image("i386-pc-eltorito", GRUB_COMMON_MODULES + GRUB_BIOS_MODULES,
+                    tree / "boot" / "grub" / "i386-pc" / "eltorito.img", work)
+        _grub_image("x86_64-efi", GRUB_COMMON_MODULES + GRUB_EFI_MODULES, tree / "EFI" / "boot" / "bootx64.efi", work)
+        if pad_mib:
+            (tree / "pad").mkdir()
+            with open(tree / "pad" / "filler.bin", "wb") as f:
+                block = bytes(range(256)) * 4096  # 1 MiB, not sparse
+                for _ in range(pad_mib):
+                    f.write(block)
+        write_md5sums(tree, {"./boot/grub/i386-pc/eltorito.img"})
+        esp = work / "efi.img"
+        build_esp(tree / "EFI" / "boot" / "bootx64.efi", esp, epoch)
+        _set_tree_mtimes(tree, epoch)
+        cmd = [
+            "xorriso", "-as", "mkisofs", "-r", "-V", STANDIN_VOLID, "-o", tmp_out,
+            "--modification-date=" + _iso_date(epoch),
+            "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",
+            "--protective-msdos-label", "-partition_cyl_align", "off", "-partition_offset", "16",
+            "--mbr-force-bootable",
+            "-append_partition", "2", ESP_TYPE_GUID, esp, "-appended_part_as_gpt",
+            "-iso_mbr_part_type", ISO_PART_TYPE_GUID,
+            "-c", "/boot.catalog",
+            "-b", "/boot/grub/i386-pc/eltorito.img", "-no-emul-boot", "-boot-load-size", "4",
+            "-boot-info-table", "--grub2-boot-info",
+            "-eltorito-alt-boot", "-e", "--interval:appended_partition_2:all::", "-no-emul-boot",
+            tree,
+        ]
+        log.info("xorriso: writing stand-in ISO %s", out)
+        run(cmd, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=1800)
+    return out
+
+
+def _iso_date(epoch: int) -> str:
+    import time
+
+    return time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
+
+
+def is_standin(iso: Path) -> bool:
+    """True when the ISO carries the stand-in marker in /.disk/info or its volume id."""
+    proc = subprocess.run(
+        ["xorriso", "-indev", str(iso), "-osirrox", "on", "-pvd_info", "-extract", "/.disk/info", "/dev/stdout"],
+        stdin=subprocess.DEVNULL, capture_output=True, check=False,
+    )
+    text = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    return STANDIN_MARKER in text
