@@ -1,0 +1,1 @@
+"""Verify a booted host against its model: a catalog of checks run through a `Host` backend."""
