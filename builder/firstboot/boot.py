@@ -1,0 +1,176 @@
+"""Boot the STANDIN first-boot image in QEMU with the model's two NICs and a NoCloud seed.
+
+`booted_guest()` builds the CIDATA seed ISO, a throwaway qcow2 overlay and two user-mode networks
+(SERVERS: DHCP handing out the reserved address; MGMT: static), each `restrict=on` so the guest can
+reach nothing but the harness services (guestfwd). SSH is forwarded from 127.0.0.1 to the MGMT
+address, and a second forward to the SERVERS address lets a check prove SSH is refused there. It
+waits (bounded) for the login prompt, cloud-init's final message and SSH, then yields GuestAccess.
+QEMU and every guestfwd helper are stopped on exit, also on Ctrl-C or a failed check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuilderError
+from builder.firstboot.image import StandinImage
+from builder.firstboot.nfs import free_port
+from builder.firstboot.services import GuestFwd
+from builder.firstboot.ssh import GuestAccess, ServiceControl, wait_for_ssh
+from builder.model import HostModel
+from builder.qemu import Drive, Nic, RunningVm, VmSpec, start_vm
+from builder.run import require_tool, run
+
+log = logging.getLogger("builder.firstboot.boot")
+
+SEED_FILES = ("user-data", "meta-data", "network-config")
+DEFAULT_TIMEOUT = 600.0  # TCG on 2 shared cores: 1-2 min typical, be generous
+# Milestones on the serial console, in the order they normally appear.
+LOGIN_RE = re.compile(r"^\S+ login: ", re.M)
+# cloud-init's own line, or the rendered user-data's final_message ("... first boot finished: ...").
+CLOUD_INIT_DONE_RE = re.compile(r"Cloud-init v\. \S+ finished at|first boot finished: cloud-init", re.M)
+CLOUD_INIT_FAILED_RE = re.compile(r"Failed to start .*[Cc]loud-init|cloud-init.*Traceback", re.M)
+
+
+def build_seed_iso(seed_dir: Path, out: Path, sde: int) -> Path:
+    """NoCloud seed: an ISO 9660 volume labelled CIDATA with user-data, meta-data, network-config."""
+    xorriso = require_tool("xorriso", "xorriso")
+    missing = [n for n in SEED_FILES[:2] if not (seed_dir / n).is_file()]
+    if missing:
+        raise BuilderError(f"seed folder {seed_dir} lacks {', '.join(missing)}",
+                           hint="render it with `builder render` (first-boot/) or pass a complete folder")
+    names = [n for n in SEED_FILES if (seed_dir / n).is_file()]
+    out.unlink(missing_ok=True)
+    run([xorriso, "-as", "mkisofs", "-quiet", "-V", "CIDATA", "-J", "-r",
+         "--set_all_file_dates", f"={sde}", "-o", out, *(seed_dir / n for n in names)],
+        env={"SOURCE_DATE_EPOCH": str(sde)}, timeout=60)
+    return out
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    """The host-side ports of one boot."""
+
+    ssh_port: int
+    servers_ssh_port: int
+
+
+def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tuple[Nic, Nic]:
+    """Two user-mode networks matching the model's SERVERS and MGMT networks (SERVERS is NIC 1)."""
+    srv, mgmt = model.servers, model.mgmt
+    if not srv.ip or not mgmt.ip:
+        raise BuilderError("the first-boot test needs the SERVERS reserved_address and the MGMT address",
+                           hint="set network.interfaces.servers.reserved_address and mgmt.address")
+    srv_opts = [f"net={srv.subnet}", "restrict=on"]
+    if srv.gateway:
+        srv_opts.append(f"host={srv.gateway}")
+    if srv.dhcp and srv.reserved_address:
+        srv_opts.append(f"dhcpstart={srv.reserved_address}")
+    srv_opts.append(f"hostfwd=tcp:127.0.0.1:{ports.servers_ssh_port}-{srv.ip}:{model.ssh.port}")
+    srv_opts += [f.netdev_option() for f in fwds]
+    mgmt_opts = [f"net={mgmt.subnet}", "restrict=on"]
+    if mgmt.gateway:
+        mgmt_opts.append(f"host={mgmt.gateway}")
+    mgmt_opts.append(f"hostfwd=tcp:127.0.0.1:{ports.ssh_port}-{mgmt.ip}:{model.ssh.port}")
+    return (Nic("servers", ",".join(srv_opts), mac=srv.mac.lower()),
+            Nic("mgmt", ",".join(mgmt_opts), mac=mgmt.mac.lower()))
+
+
+def vm_spec(model: HostModel, image: StandinImage, overlay: Path, seed_iso: Path, serial_log: Path,
+            nics: tuple[Nic, ...], memory_mb: int = 1536, cpus: int = 2) -> VmSpec:
+    return VmSpec(
+        name=f"firstboot-{model.host.hostname}",
+        serial_log=serial_log,
+        memory_mb=memory_mb,
+        cpus=cpus,
+        drives=(Drive(overlay, kind="virtio", fmt="qcow2"), Drive(seed_iso, kind="virtio", readonly=True)),
+        nics=nics,
+        kernel=image.kernel,
+        initrd=image.initrd,
+        append=image.append,
+    )
+
+
+def make_overlay(image: StandinImage, overlay: Path) -> Path:
+    qemu_img = require_tool("qemu-img", "qemu-utils")
+    overlay.unlink(missing_ok=True)
+    run([qemu_img, "create", "-q", "-f", "qcow2", "-b", image.disk.resolve(), "-F", "raw", overlay])
+    return overlay
+
+
+def wait_milestones(vm: RunningVm, timeout: float, started: float) -> dict[str, float]:
+    """Poll the serial log until cloud-init is done; return seconds since start for each milestone."""
+    timings: dict[str, float] = {}
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        text = vm.serial_text()
+        now = time.monotonic() - started
+        if "boot_to_login" not in timings and LOGIN_RE.search(text):
+            timings["boot_to_login"] = round(now, 1)
+        if CLOUD_INIT_DONE_RE.search(text):
+            timings["cloud_init_done"] = round(now, 1)
+            return timings
+        if vm.proc.poll() is not None:
+            raise BuilderError(f"QEMU exited (code {vm.proc.returncode}) before cloud-init finished\n"
+                               f"--- serial tail ---\n{text[-3000:]}")
+        time.sleep(1.0)
+    raise BuilderError(
+        f"cloud-init did not finish within {timeout:.0f}s (milestones so far: {timings})\n"
+        f"--- serial tail ---\n{vm.serial_text()[-3000:]}",
+        hint=f"full serial log: {vm.spec.serial_log}",
+    )
+
+
+@contextlib.contextmanager
+def booted_guest(
+    model: HostModel,
+    seed_dir: Path,
+    image: StandinImage,
+    workdir: Path,
+    *,
+    identity_file: Path,
+    guestfwds: tuple[GuestFwd, ...] = (),
+    nfs: ServiceControl | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    keep: bool = False,
+) -> Iterator[GuestAccess]:
+    """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sde = model.host.source_date_epoch
+    seed_iso = build_seed_iso(seed_dir, workdir / "seed-cidata.iso", sde)
+    overlay = make_overlay(image, workdir / "overlay.qcow2")
+    serial_log = workdir / "serial.log"
+    serial_log.unlink(missing_ok=True)
+    ports = NetPlan(free_port(), free_port())
+    spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds))
+    try:
+        with start_vm(spec, workdir) as vm:
+            started = time.monotonic()
+            timings = wait_milestones(vm, timeout, started)
+            access = GuestAccess(
+                ssh_host="127.0.0.1", ssh_port=ports.ssh_port, servers_ssh_port=ports.servers_ssh_port,
+                user=model.admin.name, identity_file=identity_file, serial_log=serial_log,
+                timings=timings, nfs=nfs, vm=vm,
+            )
+            remaining = max(30.0, timeout - (time.monotonic() - started))
+            wait_for_ssh(access, timeout=min(remaining, 180.0))
+            timings["ssh_ready"] = round(time.monotonic() - started, 1)
+            log.info("guest ready: %s", timings)
+            yield access
+    finally:
+        overlay.unlink(missing_ok=True)
+        if not keep:
+            seed_iso.unlink(missing_ok=True)
+
+
+def copy_serial_log(access: GuestAccess, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(access.serial_log, dest)
+    return dest

@@ -1,0 +1,81 @@
+"""Throwaway OpenPGP keys for the stand-in APT repositories (never real vendor keys)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuilderError
+from builder.run import require_tool, run
+
+
+def cache_root() -> Path:
+    """`${BUILDER_CACHE:-~/.cache/prometheus-builder}`."""
+    env = os.environ.get("BUILDER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "prometheus-builder"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    gnupghome: Path
+    fingerprint: str
+    public_asc: Path  # armored public key, usable as an apt `signed-by` file
+
+    def _env(self) -> dict[str, str]:
+        return {"GNUPGHOME": str(self.gnupghome)}
+
+    def sign_release(self, release: Path) -> None:
+        """Write InRelease (clearsigned) and Release.gpg (detached) beside `release`."""
+        gpg = require_tool("gpg", "gnupg")
+        base = [gpg, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
+                "--local-user", self.fingerprint, "--digest-algo", "SHA512"]
+        try:
+            run([*base, "--clearsign", "-o", release.with_name("InRelease"), release], env=self._env())
+            run([*base, "--armor", "--detach-sign", "-o", release.with_name("Release.gpg"), release],
+                env=self._env())
+        finally:
+            stop_agent(self.gnupghome)
+
+
+def stop_agent(gnupghome: Path) -> None:
+    gpgconf = shutil.which("gpgconf")
+    if gpgconf:
+        with contextlib.suppress(BuilderError):
+            run([gpgconf, "--kill", "all"], env={"GNUPGHOME": str(gnupghome)}, check=False, timeout=20)
+
+
+def make_key(directory: Path, uid: str) -> SigningKey:
+    """Create (or reuse) an ed25519 signing key in `directory`."""
+    gpg = require_tool("gpg", "gnupg")
+    home = directory / "gnupg"
+    asc = directory / "public.asc"
+    fpr_file = directory / "fingerprint"
+    if asc.exists() and fpr_file.exists() and home.is_dir():
+        return SigningKey(home, fpr_file.read_text().strip(), asc)
+    shutil.rmtree(directory, ignore_errors=True)
+    home.mkdir(parents=True, mode=0o700)
+    env = {"GNUPGHOME": str(home)}
+    try:
+        run([gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
+             "--quick-gen-key", uid, "ed25519", "sign", "never"], env=env, timeout=60)
+        out = run([gpg, "--batch", "--with-colons", "--list-keys", uid], env=env).stdout.decode()
+        fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+        pub = run([gpg, "--batch", "--armor", "--export", fpr], env=env).stdout
+    finally:
+        stop_agent(home)
+    asc.write_bytes(pub)
+    fpr_file.write_text(fpr + "\n")
+    return SigningKey(home, fpr, asc)
+
+
+def archive_key() -> SigningKey:
+    """The stand-in "Ubuntu archive" key: cached, and trusted by the stand-in image.
+
+    It plays the role of ubuntu-keyring on a real Ubuntu install: the Ubuntu mirror needs no
+    `signed-by`, so the image must trust it out of the box. Docker and NVIDIA get their own keys.
+    """
+    return make_key(cache_root() / "firstboot" / "archive-key",
+                    "Builder STANDIN Ubuntu archive key (test only) <standin-archive@invalid>")

@@ -1,0 +1,159 @@
+"""Harness services the first-boot guest needs, on loopback, and the model overrides pointing at them.
+
+`harness_services(model, workdir)` starts the Atlas NFS stand-in (nfs-ganesha) and a signed local
+APT repository served by a small HTTP server thread. The guest sees both at one address inside its
+SERVERS network (QEMU `guestfwd`, port 80 for HTTP and 2049 for NFS). `test_model()` returns the
+model with only the repository URLs and keys, the NFS server and one extra (ephemeral) admin key
+changed — everything else is the model as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from builder.firstboot.aptrepo import RepoLayout, build_repos
+from builder.firstboot.gpgkeys import SigningKey, archive_key, cache_root, make_key
+from builder.firstboot.nfs import GaneshaServer, nfs_server
+from builder.model import HostModel
+
+log = logging.getLogger("builder.firstboot.services")
+
+HTTP_GUEST_PORT = 80
+NFS_GUEST_PORT = 2049
+
+
+def service_address(model: HostModel) -> str:
+    """A free address in the SERVERS subnet for "Atlas" and the mirrors (not gateway/DNS/DHCP pool)."""
+    srv = model.servers
+    net = ipaddress.ip_network(srv.subnet, strict=False)
+    taken = {str(net[3])}  # QEMU user-net DNS
+    for a in (srv.gateway, srv.ip, srv.reserved_address):
+        if a:
+            taken.add(a)
+    pool_start = ipaddress.ip_address(srv.reserved_address) if srv.reserved_address else net[15]
+    pool = {str(pool_start + i) for i in range(16)}  # QEMU's DHCP pool is 16 addresses
+    for i in range(10, net.num_addresses - 1):
+        cand = str(net[i])
+        if cand not in taken and cand not in pool:
+            return cand
+    raise ValueError(f"no free service address in {srv.subnet}")
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    access_log: Path | None = None
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        if self.access_log is not None:
+            with open(self.access_log, "a") as f:
+                f.write(f"{self.log_date_time_string()} {format % args}\n")
+
+
+@dataclass
+class HttpServer:
+    root: Path
+    access_log: Path
+    server: http.server.ThreadingHTTPServer | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        handler = type("Handler", (_QuietHandler,), {"access_log": self.access_log})
+        self.server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(self.root))
+        )
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="apt-http", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@dataclass(frozen=True)
+class GuestFwd:
+    """A TCP endpoint inside the guest's network forwarded to a loopback port on the host."""
+
+    guest_ip: str
+    guest_port: int
+    host_port: int
+
+    def netdev_option(self) -> str:
+        # QEMU spawns the command per guest connection; it dies with QEMU's process group.
+        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:nc 127.0.0.1 {self.host_port}"
+
+
+@dataclass
+class HarnessServices:
+    guest_ip: str
+    http: HttpServer
+    nfs: GaneshaServer
+    docker_key: SigningKey
+    nvidia_key: SigningKey
+    archive_key: SigningKey
+
+    def guestfwds(self) -> tuple[GuestFwd, ...]:
+        return (GuestFwd(self.guest_ip, HTTP_GUEST_PORT, self.http.port),
+                GuestFwd(self.guest_ip, NFS_GUEST_PORT, self.nfs.port))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.guest_ip}"
+
+
+def test_model(model: HostModel, services: HarnessServices, extra_ssh_key: str | None = None) -> HostModel:
+    """The model as the test guest must see it: repo URLs/keys and NFS server point at the harness."""
+    lay = RepoLayout()
+    base = services.base_url
+    apt = replace(
+        model.apt,
+        ubuntu_mirror=f"{base}/{lay.ubuntu}",
+        ubuntu_security_mirror=f"{base}/{lay.ubuntu}",
+        docker=replace(model.apt.docker, url=f"{base}/{lay.docker}",
+                       key_file=str(services.docker_key.public_asc),
+                       key_fingerprint=services.docker_key.fingerprint),
+        nvidia=replace(model.apt.nvidia, url=f"{base}/{lay.nvidia}",
+                       key_file=str(services.nvidia_key.public_asc),
+                       key_fingerprint=services.nvidia_key.fingerprint),
+    )
+    users = model.users
+    if extra_ssh_key:
+        admin = replace(users[0], ssh_authorized_keys=(*users[0].ssh_authorized_keys, extra_ssh_key))
+        users = (admin, *users[1:])
+    return replace(model, apt=apt, nfs=replace(model.nfs, server=services.guest_ip), users=users)
+
+
+@contextlib.contextmanager
+def harness_services(model: HostModel, workdir: Path) -> Iterator[HarnessServices]:
+    """Start NFS + signed APT repo on loopback; both are stopped on exit (also on Ctrl-C)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sde = model.host.source_date_epoch
+    keys = cache_root() / "firstboot" / "repo-keys"  # stable: a test seed renders identically
+    docker = make_key(keys / "docker", "STANDIN Docker Release (test only) <standin-docker@invalid>")
+    nvidia = make_key(keys / "nvidia", "STANDIN NVIDIA toolkit (test only) <standin-nvidia@invalid>")
+    archive = archive_key()
+    http_root = workdir / "http"
+    if not (http_root / "ubuntu" / "dists").exists():
+        build_repos(http_root, archive=archive, docker=docker, nvidia=nvidia, sde=sde)
+    http = HttpServer(http_root, workdir / "http-access.log")
+    http.start()
+    try:
+        admin = model.admin
+        with nfs_server(workdir / "nfs", admin.uid, admin.gid) as nfs:
+            yield HarnessServices(service_address(model), http, nfs, docker, nvidia, archive)
+    finally:
+        http.stop()
