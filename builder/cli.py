@@ -13,6 +13,7 @@ from builder.errors import BuilderError
 # Each module in builder/commands/ exposes register(subparsers); its parser sets func=callable(args)->int.
 COMMAND_MODULES = [
     "builder.commands.render",
+    "builder.commands.verify",
     "builder.commands.standin",
 ]
 

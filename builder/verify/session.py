@@ -1,0 +1,167 @@
+"""One verification run against the QEMU stand-in: services, seed, boot, checks, report.
+
+`guest_session()` is shared by `builder verify` and the VM tests: it starts the harness services
+(NFS + signed APT repo), applies the test overrides to the model, renders (or adapts a given) seed,
+boots the stand-in image and yields a `Session`. `verify_session()` runs the catalog and builds
+the `Report`. Everything is cleaned up on exit, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import BuilderError
+from builder.verify.catalog import build_catalog, select
+from builder.verify.core import CheckResult, Context, Endpoints, run_checks
+from builder.verify.host import SshHost
+from builder.verify.report import Report
+
+log = logging.getLogger("builder.verify")
+SEED_FILES = ("user-data", "meta-data", "network-config")
+
+
+@dataclass
+class Session:
+    model: Any  # the model as the test guest sees it (harness URLs, NFS server, extra key)
+    access: Any  # builder.firstboot.ssh.GuestAccess
+    services: Any  # builder.firstboot.services.HarnessServices
+    extra_key: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def host(self) -> SshHost:
+        return SshHost(self.access)
+
+    def context(self) -> Context:
+        return Context(self.host, self.model, Endpoints.from_access(self.access),
+                       extra_authorized_keys=(self.extra_key,))
+
+
+def image_from_file(path: Path) -> Any:
+    """A stand-in image given as FILE, with FILE-stem.vmlinuz / .initrd beside it (`standin image`)."""
+    from builder.firstboot.image import KERNEL_APPEND, StandinImage
+
+    path = Path(path)
+    kernel, initrd = path.with_name(path.stem + ".vmlinuz"), path.with_name(path.stem + ".initrd")
+    missing = [p for p in (path, kernel, initrd) if not p.is_file()]
+    if missing:
+        raise BuilderError(f"stand-in image incomplete: missing {', '.join(map(str, missing))}",
+                           hint="create it with `builder standin image --out FILE`")
+    return StandinImage(path, kernel, initrd, KERNEL_APPEND, key=f"file:{path.name}")
+
+
+def render_seed(model: Any, dest: Path) -> Path:
+    from builder.render import render_host
+
+    files = render_host(model)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SEED_FILES:
+        body = files.get(f"first-boot/{name}")
+        if body is not None:
+            (dest / name).write_bytes(body)
+    return dest
+
+
+def _replace_strings(node: Any, swaps: list[tuple[str, str]]) -> Any:
+    if isinstance(node, str):
+        for old, new in swaps:
+            if old:
+                node = node.replace(old, new)
+        return node
+    if isinstance(node, list):
+        return [_replace_strings(x, swaps) for x in node]
+    if isinstance(node, dict):
+        return {k: _replace_strings(v, swaps) for k, v in node.items()}
+    return node
+
+
+def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Path) -> Path:
+    """Copy a given seed folder for the test boot. Only the test overrides change: repository URLs
+    and keys, the NFS server, and the harness' login key added to the admin user."""
+    src = seed / "first-boot" if (seed / "first-boot" / "user-data").is_file() else seed
+    if not (src / "user-data").is_file():
+        raise BuilderError(f"no user-data in {seed} (nor in {seed}/first-boot)",
+                           hint="pass the folder `builder render` wrote, e.g. artifacts/prometheus")
+    text = (src / "user-data").read_text()
+    data = yaml.safe_load(text)
+    if not text.startswith("#cloud-config") or not isinstance(data, dict):
+        raise BuilderError(f"{src / 'user-data'} is not a #cloud-config mapping")
+    swaps: list[tuple[str, str]] = []
+    for name in ("docker", "nvidia"):
+        old, new = getattr(model.apt, name), getattr(test_model.apt, name)
+        swaps.append((old.url, new.url))
+        old_key = model.resolve(old.key_file).read_text().strip()
+        new_key = Path(new.key_file).read_text().strip()
+        swaps.append((old_key, new_key))
+    for attr in ("ubuntu_security_mirror", "ubuntu_mirror"):
+        swaps.append((getattr(model.apt, attr) or "", getattr(test_model.apt, attr) or ""))
+    swaps.append((f"{model.nfs.server}:", f"{test_model.nfs.server}:"))
+    data = _replace_strings(data, swaps)
+    admin = model.users[0].name
+    for user in data.get("users") or []:
+        if isinstance(user, dict) and user.get("name") == admin:
+            user.setdefault("ssh_authorized_keys", []).append(extra_key)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "user-data").write_text("#cloud-config\n" + yaml.safe_dump(data, sort_keys=False, width=1000))
+    for name in SEED_FILES[1:]:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dest / name)
+    return dest
+
+
+@contextlib.contextmanager
+def guest_session(
+    model: Any, workdir: Path, *, seed: Path | None = None, image: Path | None = None, keep: bool = False,
+    boot_timeout: float | None = None,
+) -> Iterator[Session]:
+    from builder.firstboot.boot import booted_guest
+    from builder.firstboot.image import build_image
+    from builder.firstboot.services import harness_services, test_model
+    from builder.firstboot.ssh import generate_keypair
+
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    stand_in = image_from_file(image) if image else build_image()
+    timings["image_ready"] = round(time.monotonic() - t0, 1)
+    key, pub = generate_keypair(workdir / "ssh")
+    with harness_services(model, workdir / "services") as svc:
+        tmodel = test_model(model, svc, extra_ssh_key=pub)
+        seed_dir = workdir / "seed"
+        shutil.rmtree(seed_dir, ignore_errors=True)
+        if seed:
+            adapt_seed(Path(seed), model, tmodel, pub, seed_dir)
+        else:
+            render_seed(tmodel, seed_dir)
+        timings["services_ready"] = round(time.monotonic() - t0, 1)
+        kwargs = {"timeout": boot_timeout} if boot_timeout else {}
+        with booted_guest(tmodel, seed_dir, stand_in, workdir / "boot", identity_file=key,
+                          guestfwds=svc.guestfwds(), nfs=svc.nfs, keep=keep, **kwargs) as access:
+            booted = timings["services_ready"]
+            for k, v in access.timings.items():
+                timings[k] = round(booted + v, 1)
+            yield Session(tmodel, access, svc, pub, timings)
+
+
+def verify_session(
+    s: Session, *, only: list[str] | None = None, on_result: Callable[[CheckResult], None] | None = None,
+    started: float | None = None,
+) -> Report:
+    t = time.monotonic()
+    checks = select(build_catalog(s.model), only)
+    results = run_checks(checks, s.context(), on_result)
+    # Milestones are seconds since the run started; checks_seconds is the checks' own duration.
+    timings = dict(s.timings)
+    if started is not None:
+        timings["checks_done"] = round(time.monotonic() - started, 1)
+    timings["checks_seconds"] = round(time.monotonic() - t, 1)
+    target = f"{s.access.user}@{s.access.ssh_host}:{s.access.ssh_port} (QEMU stand-in, MGMT forward)"
+    return Report(s.model.host.hostname, target, tuple(results), timings, str(s.access.serial_log))
