@@ -21,6 +21,7 @@ class Host:
     locale: str
     source_date_epoch: int
     keyboard_layout: str = "us"
+    authoritative_for_data: bool = False  # seed: "explicitly not authoritative for data"
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,16 @@ class Interface:
 
 
 @dataclass(frozen=True)
+class Firewall:
+    enforced_by: str = "cerberus"
+    denied_vlans: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Network:
     default_route: str
     interfaces: dict[str, Interface]
+    firewall: Firewall = field(default_factory=Firewall)
     nameservers: tuple[str, ...] = ()
     search: tuple[str, ...] = ()
 
@@ -208,6 +216,7 @@ class Monitoring:
     enabled: bool = False
     node_exporter: bool = True
     dcgm_exporter: bool = False
+    alerts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

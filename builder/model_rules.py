@@ -33,6 +33,9 @@ def check_model(m: HostModel, c: Collector) -> None:
 def _host(m: HostModel, c: Collector) -> None:
     if not HOSTNAME_RE.match(m.host.hostname):
         c.add(("host", "hostname"), f"expected an RFC 1123 host label (a-z, 0-9, '-'), found {m.host.hostname!r}")
+    if m.host.authoritative_for_data:
+        c.add(("host", "authoritative_for_data"),
+              "prometheus is disposable and must not be authoritative for data; expected false")
     if m.host.source_date_epoch < 0:
         c.add(("host", "source_date_epoch"), "expected seconds since 1970 (>= 0)")
     if not re.fullmatch(r"[0-9a-f]{64}", m.os.iso.sha256):
