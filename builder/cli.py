@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "builder.commands.render",
     "builder.commands.verify",
     "builder.commands.standin",
+    "builder.commands.iso",
+    "builder.commands.pxe",
 ]
 
 

@@ -100,8 +100,9 @@ def xorriso_version() -> str:
 
 def list_files(iso: Path) -> list[str]:
     """All file paths in the ISO (checks at the same time that it is a readable ISO 9660 image)."""
+    xorriso = require_tool("xorriso", "xorriso")
     proc = run(
-        ["xorriso", "-no_rc", "-abort_on", "FAILURE", "-indev", iso, "-find", "/", "-type", "f"],
+        [xorriso, "-no_rc", "-abort_on", "FAILURE", "-indev", iso, "-find", "/", "-type", "f"],
         check=False,
     )
     err = proc.stderr.decode(errors="replace")

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -145,11 +144,9 @@ def _set_tree_mtimes(root: Path, epoch: int) -> None:
 def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
     """busybox-static + modules + /init, as a reproducible gzip'd newc cpio."""
     busybox = Path("/bin/busybox")
-    if not busybox.exists() or b"static" not in run(["file", "-b", busybox], check=False).stdout:
-        busybox_pkg = shutil.which("busybox")
-        if not busybox_pkg:
-            raise BuilderError("busybox-static is not installed", hint="apt-get install busybox-static")
-        busybox = Path(busybox_pkg)
+    if not busybox.exists() or b"ld-linux" in busybox.read_bytes()[:8192]:
+        raise BuilderError("a static /bin/busybox is needed for the stand-in initrd",
+                           hint="apt-get install busybox-static")
     with tempfile.TemporaryDirectory(prefix="standin-initrd-") as tmp:
         root = Path(tmp) / "root"
         for d in ("bin", "etc", "lib/modules", "proc", "sys", "dev", "cdrom", "tmp"):
@@ -258,17 +255,21 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
     return out
 
 
+def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
+    """The stand-in ISO built once per (kernel package, stand-in sources) and kept in the cache."""
+    import hashlib
+
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for name in ("init", "udhcpc.script", "embedded.cfg", "grub.cfg", "loopback.cfg"):
+        h.update(data_file(name))
+    h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
+    path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
+    if not path.exists():
+        build_standin_iso(path, cache, epoch)
+    return path
+
+
 def _iso_date(epoch: int) -> str:
     import time
 
     return time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
-
-
-def is_standin(iso: Path) -> bool:
-    """True when the ISO carries the stand-in marker in /.disk/info or its volume id."""
-    proc = subprocess.run(
-        ["xorriso", "-indev", str(iso), "-osirrox", "on", "-pvd_info", "-extract", "/.disk/info", "/dev/stdout"],
-        stdin=subprocess.DEVNULL, capture_output=True, check=False,
-    )
-    text = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
-    return STANDIN_MARKER in text

@@ -41,4 +41,6 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [register_image]
+from builder.commands.iso import register_standin_iso  # noqa: E402 - `builder standin iso`
+
+SUBCOMMANDS = [register_image, register_standin_iso]
