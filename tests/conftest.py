@@ -51,3 +51,43 @@ def write_model(model_dir: Path) -> Callable[..., Path]:
         return path
 
     return _write
+
+
+# --- first boot (builder/firstboot): one booted guest shared by every VM test that needs it ---
+
+FIRSTBOOT_TOOLS = ("mmdebstrap", "mkfs.ext4", "debugfs", "qemu-system-x86_64", "qemu-img", "xorriso",
+                   "ganesha.nfsd", "nc", "gpg", "dpkg-deb", "apt-ftparchive", "ssh", "ssh-keygen")
+
+
+def firstboot_missing() -> str | None:
+    """Why the first-boot VM tests cannot run here (printed as the skip reason), or None."""
+    import os
+
+    missing = [t for t in FIRSTBOOT_TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"first-boot tools missing: {', '.join(missing)} (see scripts/install-deps)"
+    if os.geteuid() != 0:
+        return "first-boot tests need root (mmdebstrap --mode=root, nfs-ganesha)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def firstboot_image():
+    """The cached STANDIN first-boot image (built once, ~3-5 min cold; instant when cached)."""
+    reason = firstboot_missing()
+    if reason:
+        pytest.skip(reason)
+    from builder.firstboot.image import build_image
+
+    return build_image()
+
+
+@pytest.fixture(scope="session")
+def firstboot_guest(firstboot_image, tmp_path_factory):
+    """The default model booted once (TCG, ~1-3 min): a GuestAccess for ssh_run; NFS via .nfs."""
+    from builder.firstboot.session import firstboot_session
+    from builder.model import load_model
+
+    workdir = tmp_path_factory.mktemp("firstboot")
+    with firstboot_session(load_model(DEFAULT_MODEL), workdir, image=firstboot_image) as access:
+        yield access

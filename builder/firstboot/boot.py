@@ -1,8 +1,9 @@
 """Boot the STANDIN first-boot image in QEMU with the model's two NICs and a NoCloud seed.
 
 `booted_guest()` builds the CIDATA seed ISO, a throwaway qcow2 overlay and two user-mode networks
-(SERVERS: DHCP handing out the reserved address; MGMT: static), each `restrict=on` so the guest can
-reach nothing but the harness services (guestfwd). SSH is forwarded from 127.0.0.1 to the MGMT
+(SERVERS: DHCP handing out the reserved address; MGMT: static). MGMT is `restrict=on`; SERVERS too
+unless it uses DHCP (QEMU then withholds the router option, see nics_for). The guest is pointed only
+at the harness services (guestfwd). SSH is forwarded from 127.0.0.1 to the MGMT
 address, and a second forward to the SERVERS address lets a check prove SSH is refused there. It
 waits (bounded) for the login prompt, cloud-init's final message and SSH, then yields GuestAccess.
 QEMU and every guestfwd helper are stopped on exit, also on Ctrl-C or a failed check.
@@ -68,7 +69,10 @@ def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tu
     if not srv.ip or not mgmt.ip:
         raise BuilderError("the first-boot test needs the SERVERS reserved_address and the MGMT address",
                            hint="set network.interfaces.servers.reserved_address and mgmt.address")
-    srv_opts = [f"net={srv.subnet}", "restrict=on"]
+    # QEMU's DHCP server omits the router and DNS options when restrict=on, so a DHCP-configured
+    # SERVERS NIC would get no default route: that network stays unrestricted (it is the one that
+    # carries the default route anyway). The guest is only ever pointed at the guestfwd services.
+    srv_opts = [f"net={srv.subnet}", "restrict=off" if srv.dhcp else "restrict=on"]
     if srv.gateway:
         srv_opts.append(f"host={srv.gateway}")
     if srv.dhcp and srv.reserved_address:
