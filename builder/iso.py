@@ -47,8 +47,6 @@ class RemasterSpec:
 @dataclass(frozen=True)
 class RemasterResult:
     iso: Path
-    sha256: str
-    base_sha256: str
     xorriso_version: str
     xorriso_options: tuple[str, ...]
     seconds: float
@@ -232,22 +230,22 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
             run(cmd, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
             if not tmp_out.exists() or tmp_out.stat().st_size < base.stat().st_size // 2:
                 raise BuilderError(f"xorriso did not write a complete ISO for {out}")
-    digest = sha256_file(out)
     shown = [o.replace(str(stage), "STAGE") for o in options]
-    return RemasterResult(out, digest, sha256_file(base), xorriso_version(), tuple(shown),
-                          time.monotonic() - started)
+    return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started)
 
 
-def write_outputs(result: RemasterResult, manifest: Path, base_name: str) -> None:
-    """`<iso>.sha256` (sha256sum format) and the `iso` section of the host's manifest.json."""
+def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str) -> str:
+    """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256."""
+    digest = sha256_file(result.iso)
     with staged_file(result.iso.with_name(result.iso.name + ".sha256"), overwrite=True) as tmp:
-        tmp.write_text(f"{result.sha256}  {result.iso.name}\n")
+        tmp.write_text(f"{digest}  {result.iso.name}\n")
     data = json.loads(manifest.read_text()) if manifest.exists() else {}
     data["iso"] = {
         "file": result.iso.name,
-        "sha256": result.sha256,
-        "base": {"name": base_name, "sha256": result.base_sha256},
+        "sha256": digest,
+        "base": {"name": base_name, "sha256": base_sha256},
         "xorriso": {"version": result.xorriso_version, "options": list(result.xorriso_options)},
     }
     with staged_file(manifest, overwrite=True) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return digest

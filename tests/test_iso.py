@@ -62,6 +62,7 @@ def test_md5sums_update_replaces_and_appends() -> None:
 def test_remaster_adds_seed_and_keeps_boot_equipment(standin_iso: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.iso"
     result = remaster(standin_iso, out, SPEC, allow_standin=True)
+    assert result.iso == out and result.xorriso_version
     files = list_files(out)
     for path in ("/nocloud/user-data", "/nocloud/meta-data", "/autoinstall.yaml", "/casper/vmlinuz"):
         assert path in files
@@ -79,7 +80,6 @@ def test_remaster_adds_seed_and_keeps_boot_equipment(standin_iso: Path, tmp_path
     assert "El Torito boot img :   2  UEFI" in report
     assert "protective-msdos-label grub2-mbr" in report and "GPT" in report
     assert "28732ac11ff8d211ba4b00a0c93ec93b" in report  # appended EFI System Partition
-    assert result.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def _cli_build(base: Path, model: Path, out: Path) -> str:

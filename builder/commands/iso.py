@@ -44,11 +44,11 @@ def add_base_args(p: argparse.ArgumentParser) -> None:
                    help="accept a --base whose sha256 differs from the model's os.iso.sha256")
 
 
-def resolve_base(args: argparse.Namespace, model: HostModel) -> tuple[Path, str]:
-    """The base ISO path and a display name; checks pin and stand-in status."""
+def resolve_base(args: argparse.Namespace, model: HostModel) -> tuple[Path, str, str]:
+    """The base ISO path, a display name and its sha256; checks pin and stand-in status."""
     src = IsoSource.from_model(model)
     if args.base is None:
-        return acquire_base(src, cache_dir(), args.keyring), src.name
+        return acquire_base(src, cache_dir(), args.keyring), src.name, src.sha256
     base: Path = args.base
     sha = check_given_base(base, None)
     if sha != src.sha256 and not args.no_pin_check:
@@ -57,7 +57,7 @@ def resolve_base(args: argparse.Namespace, model: HostModel) -> tuple[Path, str]
             check_given_base(base, src)  # raises with the pin mismatch
         elif not args.allow_standin:
             check_base(["/casper/vmlinuz", "/casper/initrd", "/boot/grub/grub.cfg"], info, base, False)
-    return base, base.name
+    return base, base.name, sha
 
 
 def extract_info(iso: Path) -> bytes:
@@ -81,14 +81,14 @@ def cmd_iso(args: argparse.Namespace) -> int:
     if out.exists():
         raise BuilderError(f"output file already exists: {out}", hint="remove it (and its .sha256) first")
     files, _steps = render_checked(model, args.schema_dir, tools=False)
-    base, base_name = resolve_base(args, model)
+    base, base_name, base_sha = resolve_base(args, model)
     host_dir = write_seed(model, files, args.out)
     spec = RemasterSpec(host, source_date_epoch(model), tuple(model.os.kernel_cmdline), autoinstall_seed(files))
     result = remaster(base, out, spec, allow_standin=args.allow_standin)
     os.chmod(out, 0o600)  # it carries the autoinstall user-data (may hold password hashes)
-    write_outputs(result, host_dir / "manifest.json", base_name)
-    print(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB, {result.seconds:.1f}s)")
-    print(f"sha256 {result.sha256}")
+    digest = write_outputs(result, host_dir / "manifest.json", base_name, base_sha)
+    print(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB, remaster {result.seconds:.1f}s)")
+    print(f"sha256 {digest}")
     return 0
 
 

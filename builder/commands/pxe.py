@@ -10,7 +10,6 @@ from builder.artifacts import source_date_epoch, write_seed
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
 from builder.commands.iso import add_base_args, autoinstall_seed, resolve_base
 from builder.iso import check_base, list_files
-from builder.outputs import sha256_file
 from builder.pxe import DEFAULT_HTTP_PORT, PxeSpec, build_bundle, update_manifest
 from builder.serve import make_server
 
@@ -42,13 +41,13 @@ def cmd_pxe(args: argparse.Namespace) -> int:
     model = load_host(args)
     host = model.host.hostname
     files, _steps = render_checked(model, args.schema_dir, tools=False)
-    base, _name = resolve_base(args, model)
+    base, _name, base_sha = resolve_base(args, model)
     check_base(list_files(base), _info(base), base, args.allow_standin)
     host_dir = write_seed(model, files, args.out)
     spec = PxeSpec(host, source_date_epoch(model), tuple(model.os.kernel_cmdline), autoinstall_seed(files),
                    server=args.server, http_port=args.http_port, iso_url=args.iso_url)
     bundle = build_bundle(base, host_dir / "pxe", spec)
-    update_manifest(host_dir / "manifest.json", bundle, base, sha256_file(base))
+    update_manifest(host_dir / "manifest.json", bundle, base, base_sha)
     print(f"wrote {bundle}/")
     print("  BIOS PXE: boot/grub/i386-pc/core.0   UEFI PXE: boot/grub/x86_64-efi/core.efi   iPXE: boot.ipxe")
     print(f"  serve it: builder serve {bundle} --bind 0.0.0.0 --port {args.http_port}  (plus TFTP of the same folder)")
