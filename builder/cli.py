@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "builder.commands.standin",
     "builder.commands.iso",
     "builder.commands.pxe",
+    "builder.commands.packer",
+    "builder.commands.build",
 ]
 
 

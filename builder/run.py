@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from builder.errors import BuilderError
@@ -66,3 +70,62 @@ def run(
             + (f"\n{detail[-4000:]}" if detail else "")
         )
     return proc
+
+
+def run_streaming(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    on_line: Callable[[str], None],
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> int:
+    """Run a long command, handing each output line (stdout+stderr) to `on_line`; return its exit code.
+
+    Same environment rules as `run()`. On timeout or Ctrl-C the command's process group gets SIGINT
+    (so tools like packer clean up), then SIGKILL after 30 s.
+    """
+    argv = [os.fspath(c) for c in cmd]
+    log.debug("+ %s", shlex.join(argv))
+    full_env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", **(env or {})}
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise BuilderError(f"command not found: {argv[0]}", hint="install the tool that provides it") from exc
+    deadline = None if timeout is None else time.monotonic() + timeout
+    timer = None
+    if deadline is not None:
+        timer = threading.Timer(timeout, _interrupt, args=(proc,))  # type: ignore[arg-type]
+        timer.daemon = True
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            on_line(raw.decode(errors="replace").rstrip("\r\n"))
+        rc = proc.wait()
+    except BaseException:
+        _interrupt(proc)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if deadline is not None and time.monotonic() >= deadline and rc != 0:
+        raise BuilderError(f"command timed out after {timeout}s: {shlex.join(argv)}")
+    return rc
+
+
+def _interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the process group, SIGKILL if it is still there after 30 s."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

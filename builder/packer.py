@@ -1,0 +1,254 @@
+"""Packer stage: boot the remastered ISO with packer/prometheus.pkr.hcl and keep the installed disks.
+
+`write_pkrvars()` turns the host model (+ ISO path and SHA-256) into
+`<out>/<host>/packer/<host>.pkrvars.hcl`, byte-for-byte the same for the same inputs, so a user can
+also run Packer by hand with it. `packer_build()` runs `packer validate` and `packer build` with
+CHECKPOINT_DISABLE=1, streams Packer's output, keeps Packer's log and the guest's serial log, and
+builds into a staged folder that replaces `<out>/<host>/packer/build/` only when Packer succeeded.
+Machine-specific choices (accelerator, CPU model, staged paths) are passed as `-var` on the command
+line, so they never change the generated file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import BuilderError
+from builder.model import Disk, HostModel, Interface
+from builder.outputs import sha256_file, staged_dir, staged_file
+from builder.qemu import detect_accel
+from builder.run import require_tool, run, run_streaming
+
+log = logging.getLogger("builder.packer")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO_ROOT / "packer" / "prometheus.pkr.hcl"
+PLUGINS_FILE = "plugins.pkr.hcl"  # current Packer only; see packer/plugins.pkr.hcl.example
+PACKER_ENV = {"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
+SCSI_SERIAL_MAX = 36  # QEMU scsi-hd limit; the template attaches both disks as SCSI disks
+DEFAULT_TIMEOUT_S = 2 * 3600.0
+
+
+@dataclass(frozen=True)
+class PackerPaths:
+    """Where one host's Packer files live (under `<out>/<host>/packer/`)."""
+
+    root: Path
+
+    @classmethod
+    def for_host(cls, model: HostModel, out_root: Path) -> PackerPaths:
+        return cls((out_root / model.host.hostname / "packer").resolve())
+
+    def varfile(self, host: str) -> Path:
+        return self.root / f"{host}.pkrvars.hcl"
+
+    @property
+    def build(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "last-failure"
+
+
+@dataclass(frozen=True)
+class PackerResult:
+    returncode: int
+    build_dir: Path | None  # the finished build folder (None when Packer failed)
+    disks: tuple[Path, ...]
+    serial_log: Path | None
+    packer_log: Path | None
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def disk_serial(disk: Disk, what: str) -> str:
+    """The serial the autoinstall matches this disk by; the Packer VM gives its disk that serial."""
+    serial = disk.match.serial
+    if not serial:
+        raise BuilderError(
+            f"storage.{what} is matched by by_id, which a QEMU disk cannot reproduce",
+            hint=f"give storage.{what}.match.serial so the Packer VM's disk can carry the same serial",
+        )
+    if len(serial) > SCSI_SERIAL_MAX or not re.fullmatch(r"[A-Za-z0-9._:-]+", serial):
+        raise BuilderError(
+            f"storage.{what}.match.serial {serial!r} cannot be given to a QEMU SCSI disk "
+            f"(at most {SCSI_SERIAL_MAX} characters of A-Z a-z 0-9 . _ : -)",
+        )
+    return serial
+
+
+def netdev_options(nic: Interface) -> str:
+    """QEMU user-network options mirroring the modelled network (subnet, gateway, DHCP lease)."""
+    opts = [f"net={nic.subnet}"]
+    if nic.gateway:
+        opts.append(f"host={nic.gateway}")
+    if nic.dhcp and nic.reserved_address:
+        opts.append(f"dhcpstart={nic.reserved_address}")
+    return ",".join(opts)
+
+
+def packer_vars(model: HostModel, iso: Path, iso_sha256: str, paths: PackerPaths) -> dict[str, str]:
+    """Every host-specific template variable, from the model and the ISO."""
+    if model.storage.scratch is None:
+        raise BuilderError("the Packer template builds two disks but the model has no storage.scratch")
+    host = model.host.hostname
+    return {
+        "vm_name": host,
+        "iso_path": str(Path(iso).resolve()),
+        "iso_sha256": iso_sha256,
+        "output_directory": str(paths.build / "images"),
+        "serial_log": str(paths.build / "serial.log"),
+        "os_disk_serial": disk_serial(model.storage.os_disk, "os_disk"),
+        "scratch_disk_serial": disk_serial(model.storage.scratch, "scratch"),
+        "servers_mac": model.servers.mac.lower(),
+        "servers_netdev": netdev_options(model.servers),
+        "mgmt_mac": model.mgmt.mac.lower(),
+        "mgmt_netdev": netdev_options(model.mgmt),
+    }
+
+
+def render_pkrvars(values: Mapping[str, str], comment: str) -> str:
+    """HCL variable assignments, sorted; JSON string quoting is valid HCL for these values."""
+    width = max(len(k) for k in values)
+    lines = [f"# {line}".rstrip() for line in comment.splitlines()]
+    lines += [f"{k:<{width}} = {json.dumps(values[k])}" for k in sorted(values)]
+    return "\n".join(lines) + "\n"
+
+
+def write_pkrvars(model: HostModel, iso: Path, out_root: Path, iso_sha256: str | None = None) -> Path:
+    """Write `<out>/<host>/packer/<host>.pkrvars.hcl` atomically; return its path."""
+    iso = Path(iso)
+    if not iso.is_file():
+        raise BuilderError(f"ISO not found: {iso}", hint="build it first with `builder iso --base ISO`")
+    paths = PackerPaths.for_host(model, out_root)
+    values = packer_vars(model, iso, iso_sha256 or sha256_file(iso), paths)
+    comment = (
+        f"Packer variables for {model.host.hostname}, generated by `builder packer` from the host model.\n"
+        "Do not edit: change the model and run it again. Use with packer/prometheus.pkr.hcl:\n"
+        f"  CHECKPOINT_DISABLE=1 packer build -var-file={paths.varfile(model.host.hostname).name} "
+        "packer/prometheus.pkr.hcl"
+    )
+    target = paths.varfile(model.host.hostname)
+    with staged_file(target, overwrite=True) as tmp:
+        tmp.write_text(render_pkrvars(values, comment))
+    return target
+
+
+def packer_version() -> tuple[int, ...]:
+    out = run([require_tool("packer", "packer"), "version"], env=PACKER_ENV).stdout.decode(errors="replace")
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    if not m:
+        raise BuilderError(f"cannot tell the Packer version from: {out.strip()[:200]}")
+    return tuple(int(x) for x in m.groups())
+
+
+def template_target(template: Path) -> Path:
+    """The file itself; its folder when current Packer and a plugins.pkr.hcl are both there."""
+    if (template.parent / PLUGINS_FILE).is_file() and packer_version() >= (1, 7, 0):
+        return template.parent
+    return template
+
+
+def machine_vars(accel: str | None = None) -> dict[str, str]:
+    """Accelerator and CPU model, the same decision as every other QEMU boot (builder.qemu)."""
+    accel = accel or detect_accel()
+    return {"accelerator": accel, "cpu_model": "host" if accel == "kvm" else "max"}
+
+
+def _var_args(values: Mapping[str, str]) -> list[str]:
+    return [a for k in sorted(values) for a in ("-var", f"{k}={values[k]}")]
+
+
+def packer_validate(varfile: Path, template: Path = TEMPLATE, overrides: Mapping[str, str] | None = None) -> None:
+    """`packer validate`; raises with Packer's message. (It fails if output_directory exists.)"""
+    packer = require_tool("packer", "packer")
+    if not template.is_file():
+        raise BuilderError(f"Packer template not found: {template}", hint="run from a checkout of the project")
+    args = [packer, "validate", f"-var-file={varfile}", *_var_args(overrides or {}), template_target(template)]
+    run(args, env=PACKER_ENV, timeout=120)
+
+
+def packer_build(
+    model: HostModel,
+    varfile: Path,
+    *,
+    template: Path = TEMPLATE,
+    out_root: Path,
+    accel: str | None = None,
+    on_line: Callable[[str], None] = print,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    extra_vars: Mapping[str, str] | None = None,
+) -> PackerResult:
+    """Validate and build into a staged folder; on success it replaces `<host>/packer/build/`.
+
+    On failure the Packer and serial logs are kept in `<host>/packer/last-failure/` and the result
+    carries Packer's exit code; nothing half-built is left in `build/`.
+    """
+    paths = PackerPaths.for_host(model, out_root)
+    started = time.monotonic()
+    try:
+        disks = _build_staged(model, varfile, template, paths, accel, on_line, timeout, extra_vars)
+    except _PackerFailed as failed:
+        return PackerResult(failed.returncode, None, (), failed.kept.get("serial.log"),
+                            failed.kept.get("packer.log"), time.monotonic() - started)
+    shutil.rmtree(paths.failed, ignore_errors=True)
+    final = paths.build
+    return PackerResult(0, final, tuple(final / "images" / d for d in disks), final / "serial.log",
+                        final / "packer.log", time.monotonic() - started)
+
+
+class _PackerFailed(Exception):
+    def __init__(self, returncode: int, kept: dict[str, Path]) -> None:
+        super().__init__(f"packer exited with {returncode}")
+        self.returncode = returncode
+        self.kept = kept
+
+
+def _build_staged(model: HostModel, varfile: Path, template: Path, paths: PackerPaths, accel: str | None,
+                  on_line: Callable[[str], None], timeout: float,
+                  extra_vars: Mapping[str, str] | None) -> list[str]:
+    with staged_dir(paths.build) as stage:
+        overrides = {
+            **machine_vars(accel),
+            "output_directory": str(stage / "images"),
+            "serial_log": str(stage / "serial.log"),
+            **(extra_vars or {}),
+        }
+        packer_validate(varfile, template, overrides)
+        packer_log = stage / "packer.log"
+        env = {**PACKER_ENV, "PACKER_LOG": "1", "PACKER_LOG_PATH": str(packer_log)}
+        args = [require_tool("packer", "packer"), "build", "-color=false", f"-var-file={varfile}",
+                *_var_args(overrides), template_target(template)]
+        on_line(f"packer: building {model.host.hostname} from {varfile.name} ({overrides['accelerator']})")
+        rc = run_streaming(args, on_line=lambda line: on_line(f"  | {line}"), env=env, timeout=timeout)
+        if rc != 0:
+            raise _PackerFailed(rc, _keep_failure(stage, paths.failed))
+        images = stage / "images"
+        disks = sorted(p.name for p in images.iterdir()) if images.is_dir() else []
+        if not disks:
+            raise BuilderError(f"packer build succeeded but wrote no disk image into {images}")
+    return disks
+
+
+def _keep_failure(stage: Path, dest: Path) -> dict[str, Path]:
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    kept = {}
+    for name in ("packer.log", "serial.log"):
+        if (stage / name).is_file():
+            shutil.copyfile(stage / name, dest / name)
+            kept[name] = dest / name
+    os.utime(dest)
+    return kept

@@ -1,0 +1,147 @@
+"""`builder build` wiring, its offline failure, and the example CI workflow (no VM boots here)."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.cli import build_parser, main
+from builder.pipeline import STAGES, BuildOptions, StageResult, exit_code, stage_argv
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW = REPO / ".github" / "workflows" / "verify.yml"
+# Plain system commands a workflow step may use besides the project's own scripts and builder.
+SYSTEM_COMMANDS = {"echo", "tee", "sudo", "test", "mkdir", "ls", "cat", "udevadm"}
+
+
+def test_every_stage_is_an_existing_subcommand_with_valid_options(tmp_path: Path) -> None:
+    parser = build_parser()
+    opts = BuildOptions(host=tmp_path / "h.yaml", out=tmp_path / "out", base=tmp_path / "b.iso", allow_standin=True,
+                        schema_dir=tmp_path / "s", keyring=tmp_path / "k", no_pin_check=True, accel="tcg",
+                        packer_timeout=60.0)
+    for name in STAGES:
+        argv = stage_argv(name, opts, "prometheus")
+        args = parser.parse_args(argv)  # SystemExit (test error) on an unknown option
+        assert args.command == name and callable(args.func)
+    verify = parser.parse_args(stage_argv("verify", opts, "prometheus"))
+    assert verify.seed == tmp_path / "out" / "prometheus"  # verifies the seed this build rendered
+
+
+def test_exit_code_is_the_first_failure() -> None:
+    ok = StageResult("validate", "ok")
+    assert exit_code([ok, StageResult("verify", "skipped")]) == 0
+    assert exit_code([ok, StageResult("packer", "failed", detail="exit code 1")]) == 1
+    assert exit_code([ok, StageResult("iso", "failed", detail="cannot download")]) == 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_build_offline_without_base_stops_at_iso_naming_base(
+    write_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import default_model_data
+
+    data = default_model_data()
+    url = f"http://127.0.0.1:{_closed_port()}/ubuntu"  # nothing listens: same as being offline
+    data["os"]["iso"]["url"] = f"{url}/{data['os']['iso']['name']}"
+    data["os"]["iso"]["sha256sums_url"] = f"{url}/SHA256SUMS"
+    model = write_model(data)
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["build", "--host", str(model), "--out", str(out)]) == 2
+    text = capsys.readouterr().out
+    assert "not reachable (offline?)" in text
+    assert "--base" in text and "--allow-standin" in text
+    table = text.split("Stages:")[1]
+    assert " iso       failed" in table
+    for later in ("pxe", "packer", "verify"):
+        assert f" {later:<9} not run" in table
+    assert not (out / "prometheus" / "prometheus-autoinstall.iso").exists()
+    assert (out / "prometheus" / "build-summary.json").is_file()
+
+
+def _commands(script: str) -> list[list[str]]:
+    """Simple commands of a `run:` script (split on newlines, &&, ||, ;, |), env assignments removed."""
+    script = script.replace("\\\n", " ")
+    cmds = []
+    for line in script.splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        current: list[str] = []
+        for tok in [*lexer, ";"]:
+            if tok in ("&&", "||", ";", "|", ">>", ">", "<"):
+                if current:
+                    cmds.append(current)
+                current = [] if tok in ("&&", "||", ";", "|") else ["<redirect>"]
+            elif current == ["<redirect>"]:
+                current = []
+            else:
+                current.append(tok)
+    return [c for c in cmds if c and c != ["<redirect>"]]
+
+
+def _check_command(cmd: list[str], parser) -> None:  # noqa: ANN001
+    while cmd and "=" in cmd[0] and not cmd[0].startswith(("-", ".", "/")):
+        cmd = cmd[1:]  # VAR=value prefix
+    if cmd and cmd[0] == "sudo":
+        cmd = [c for c in cmd[1:] if not c.startswith("-")]
+    assert cmd, "empty command"
+    prog = cmd[0]
+    if prog == ".venv/bin/builder":
+        parser.parse_args(cmd[1:])  # unknown subcommand or option: SystemExit fails the test
+    elif prog == ".venv/bin/python":
+        assert cmd[1] == "-c", cmd
+        if "from builder" in cmd[2]:
+            module = cmd[2].split("from ", 1)[1].split()[0]
+            __import__(module)
+    elif prog.startswith("./"):
+        path = REPO / prog
+        assert path.is_file(), f"{prog} does not exist in the project"
+        assert path.stat().st_mode & 0o111, f"{prog} is not executable"
+    else:
+        assert prog in SYSTEM_COMMANDS, f"unexpected command in the workflow: {prog}"
+
+
+def test_example_workflow_is_valid_and_calls_only_existing_commands() -> None:
+    doc = yaml.safe_load(WORKFLOW.read_text())
+    assert doc["name"] and doc["jobs"]
+    triggers = doc.get("on", doc.get(True))  # PyYAML (YAML 1.1) reads the key `on` as True
+    assert "workflow_dispatch" in triggers
+    parser = build_parser()
+    seen_builder = set()
+    uses = []
+    for job in doc["jobs"].values():
+        assert job["runs-on"]
+        for step in job["steps"]:
+            assert ("run" in step) != ("uses" in step), step
+            if "uses" in step:
+                uses.append(step["uses"].split("@")[0])
+                continue
+            for cmd in _commands(step["run"]):
+                _check_command(cmd, parser)
+                if cmd[0] == ".venv/bin/builder":
+                    seen_builder.add(cmd[1])
+    assert {"validate", "render", "iso", "verify"} <= seen_builder
+    assert "actions/cache" in uses and "actions/checkout" in uses
+    assert "./scripts/install-deps" in WORKFLOW.read_text()
+
+
+def test_workflow_checker_catches_unknown_commands() -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        _check_command([".venv/bin/builder", "frobnicate"], parser)
+    with pytest.raises(SystemExit):
+        _check_command([".venv/bin/builder", "iso", "--no-such-flag"], parser)
+    with pytest.raises(AssertionError):
+        _check_command(["./scripts/no-such-script"], parser)
+    with pytest.raises(AssertionError):
+        _check_command(["make", "all"], parser)
+    assert _commands('A=1 ./x && echo "a b" >> "$F" | tee y') == [["A=1", "./x"], ["echo", "a b"], ["tee", "y"]]
