@@ -9,6 +9,7 @@ its SHA-256, and is also written to `<out>/<host>/build-summary.json`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -21,6 +22,7 @@ from builder.outputs import sha256_file, staged_file
 
 STAGES = ("validate", "render", "iso", "pxe", "packer", "verify")
 SKIPPABLE = ("pxe", "packer", "verify")
+COLLAPSE_OVER = 20  # files in one folder before the terminal table shows the folder as one row
 DEMO_HINT = ("for a demo without the Ubuntu ISO: `builder standin iso --out standin.iso` and then "
              "`builder build --base standin.iso --allow-standin`")
 
@@ -74,7 +76,9 @@ def stage_argv(name: str, opts: BuildOptions, hostname: str) -> list[str]:
         extra += ["--packer-timeout", str(opts.packer_timeout)] if opts.packer_timeout else []
         return ["packer", *common, *out, *extra]
     if name == "verify":
-        return ["verify", *common, *out, "--seed", str(opts.out / hostname)]
+        # The verify stage renders the same model again (deterministic, so the same seed as the render
+        # stage) with its test overrides; `builder verify --seed DIR` checks a hand-edited seed instead.
+        return ["verify", *common, *out]
     raise ValueError(name)
 
 
@@ -154,13 +158,33 @@ def summary_text(results: list[StageResult], arts: list[Artifact]) -> str:
     for r in results:
         took = f"{r.seconds:6.1f}s" if r.status in ("ok", "failed") else " " * 7
         lines.append(f"  {r.name:<9} {r.status:<8} {took}  {r.detail}".rstrip())
-    lines += ["", "Artifacts (SHA-256):"]
-    width = max((len(a.path) for a in arts), default=10)
-    for a in arts:
+    rows = table_rows(arts)
+    lines += ["", f"Artifacts (SHA-256; {len(arts)} files, each listed in build-summary.json):"]
+    width = max((len(a.path) for a in rows), default=10)
+    for a in rows:
         lines.append(f"  {a.sha256}  {a.path:<{width}}  {_size(a.size):>10}")
-    if not arts:
+    if not rows:
         lines.append("  (none)")
     return "\n".join(lines)
+
+
+def table_rows(arts: list[Artifact], max_per_dir: int = COLLAPSE_OVER) -> list[Artifact]:
+    """Folders holding many files (GRUB's module folders in the PXE bundle) become one row whose
+    SHA-256 is that of their `sha256sum`-style listing, so the table stays readable."""
+    by_dir: dict[str, list[Artifact]] = {}
+    for a in arts:
+        by_dir.setdefault(a.path.rsplit("/", 1)[0], []).append(a)
+    rows = []
+    for a in arts:
+        folder = a.path.rsplit("/", 1)[0]
+        group = by_dir[folder]
+        if len(group) <= max_per_dir:
+            rows.append(a)
+        elif a is group[0]:
+            listing = "".join(f"{g.sha256}  {g.path.rsplit('/', 1)[1]}\n" for g in group).encode()
+            rows.append(Artifact(f"{folder}/ ({len(group)} files)", sum(g.size for g in group),
+                                 hashlib.sha256(listing).hexdigest()))
+    return rows
 
 
 def write_summary(out: Path, hostname: str, results: list[StageResult], arts: list[Artifact]) -> Path:

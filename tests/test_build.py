@@ -28,7 +28,19 @@ def test_every_stage_is_an_existing_subcommand_with_valid_options(tmp_path: Path
         args = parser.parse_args(argv)  # SystemExit (test error) on an unknown option
         assert args.command == name and callable(args.func)
     verify = parser.parse_args(stage_argv("verify", opts, "prometheus"))
-    assert verify.seed == tmp_path / "out" / "prometheus"  # verifies the seed this build rendered
+    assert verify.out == tmp_path / "out" and verify.host == tmp_path / "h.yaml"
+
+
+def test_summary_table_collapses_big_folders_but_json_keeps_every_file() -> None:
+    from builder.pipeline import Artifact, summary_text, table_rows
+
+    arts = [Artifact("h/h.iso", 10, "a" * 64)] + [Artifact(f"h/pxe/mods/m{i:02}.mod", 1, f"{i:064}")
+                                                 for i in range(30)]
+    rows = table_rows(arts)
+    assert [r.path for r in rows] == ["h/h.iso", "h/pxe/mods/ (30 files)"]
+    assert rows[1].size == 30 and len(rows[1].sha256) == 64
+    text = summary_text([StageResult("iso", "ok", 1.0)], arts)
+    assert "31 files" in text and "a" * 64 + "  h/h.iso" in text
 
 
 def test_exit_code_is_the_first_failure() -> None:

@@ -105,3 +105,24 @@ def test_cli_packer_without_iso_names_builder_iso(tmp_path: Path, capsys: pytest
     assert main(["packer", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "ISO not found" in err and "builder iso --base" in err
+
+
+@needs_packer
+def test_failed_packer_build_passes_exit_code_and_keeps_logs(
+    tmp_path: Path, fake_iso: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ISO that no longer matches its checksum: Packer stops before booting; nothing half-built is kept."""
+    from builder.packer import packer_build
+
+    model = load_model()
+    out = tmp_path / "out"
+    varfile = write_pkrvars(model, fake_iso, out)
+    fake_iso.write_bytes(b"changed after the variables were written\n")
+    lines: list[str] = []
+    result = packer_build(model, varfile, out_root=out, accel="tcg", on_line=lines.append, timeout=120)
+    assert result.returncode == 1 and not result.ok
+    assert any("checksum" in line.lower() for line in lines), lines
+    paths = PackerPaths.for_host(model, out)
+    assert not paths.build.exists()
+    assert result.packer_log == paths.failed / "packer.log" and result.packer_log.is_file()
+    assert sorted(p.name for p in paths.root.iterdir()) == ["last-failure", "prometheus.pkrvars.hcl"]
