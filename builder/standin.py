@@ -73,15 +73,20 @@ def kernel_deb(cache: Path) -> Path:
     if found:
         return found[-1]
     require_tool("apt-get", "apt")
-    deps = run(["apt-cache", "depends", KERNEL_META_PACKAGE]).stdout.decode()
-    m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", deps)
-    if not m:
-        raise BuilderError(
-            f"cannot resolve the kernel package behind {KERNEL_META_PACKAGE}",
-            hint="run `apt-get update` first",
-        )
-    log.info("downloading %s (Debian kernel for the stand-in) into %s", m.group(1), debs)
-    run(["apt-get", "download", m.group(1)], cwd=debs, timeout=900)
+    for attempt in (1, 2):
+        deps = run(["apt-cache", "depends", KERNEL_META_PACKAGE], check=False).stdout.decode()
+        m = re.search(r"Depends:\s*(linux-image-\S+-amd64)", deps)
+        if m:
+            log.info("downloading %s (Debian kernel for the stand-in) into %s", m.group(1), debs)
+            if run(["apt-get", "download", m.group(1)], cwd=debs, timeout=900, check=attempt == 2).returncode == 0:
+                break
+        if attempt == 2 or os.geteuid() != 0:
+            raise BuilderError(
+                f"cannot download the kernel package behind {KERNEL_META_PACKAGE} (stale apt lists?)",
+                hint="run `apt-get update` first",
+            )
+        log.info("apt lists look stale: apt-get update")
+        run(["apt-get", "update", "-q"], timeout=900)
     found = sorted(debs.glob("linux-image-*-amd64_*.deb"))
     if not found:
         raise BuilderError(f"apt-get download {m.group(1)} produced no .deb in {debs}")

@@ -22,10 +22,11 @@ import requests
 
 from builder.cli import main
 from builder.isofetch import cache_dir
-from builder.qemu import Nic, VmSpec, boot_until_poweroff
+from builder.qemu import Nic, VmSpec
 from builder.serve import serving
 from builder.standin import cached_standin_iso
 from builder.standin_console import parse_console
+from tests.vmboot import boot_all
 
 needs_tools = pytest.mark.skipif(
     shutil.which("xorriso") is None or shutil.which("grub-mknetdir") is None,
@@ -118,21 +119,35 @@ def builder_serve(directory: Path, port: int, log: Path) -> Iterator[subprocess.
             proc.wait()
 
 
+BOOTS = [("bios", "boot.ipxe"), ("uefi", "boot/grub/x86_64-efi/core.efi")]
+
+
+@pytest.fixture(scope="module")
+def net_boots(bundle: tuple[Path, int], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """Both network boots at once against one `builder serve`; (name -> serial log, serve log)."""
+    host, port = bundle
+    pxe = host / "pxe"
+    work = tmp_path_factory.mktemp("pxe-vms")
+    specs = [VmSpec(name=f"pxe-{fw}", serial_log=work / f"pxe-{fw}.log", firmware=fw,
+                    nics=(Nic("n0", netdev=f"tftp={pxe},bootfile={bootfile}", bootindex=0),))
+             for fw, bootfile in BOOTS]
+    serve_log = work / "serve.log"
+    with builder_serve(pxe, port, serve_log):
+        logs = boot_all(specs, work, 360)
+    return logs, serve_log.read_text()
+
+
 @needs_tools
 @pytest.mark.vm
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86 not installed")
-@pytest.mark.parametrize(("firmware", "bootfile"), [("bios", "boot.ipxe"), ("uefi", "boot/grub/x86_64-efi/core.efi")])
-def test_network_boot_fetches_seed_from_builder_serve(bundle: tuple[Path, int], firmware: str, bootfile: str,
-                                                       tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", [fw for fw, _ in BOOTS])
+def test_network_boot_fetches_seed_from_builder_serve(bundle: tuple[Path, int], net_boots: tuple[dict, str],
+                                                       firmware: str) -> None:
     host, port = bundle
-    pxe = host / "pxe"
-    spec = VmSpec(name=f"pxe-{firmware}", serial_log=tmp_path / "serial.log", firmware=firmware,
-                  nics=(Nic("n0", netdev=f"tftp={pxe},bootfile={bootfile}", bootindex=0),))
-    serve_log = tmp_path / "serve.log"
-    started = time.monotonic()
-    with builder_serve(pxe, port, serve_log):
-        text = boot_until_poweroff(spec, tmp_path, 300)
-    print(f"{spec.name}: powered off after {time.monotonic() - started:.1f}s")
+    logs, served = net_boots
+    text = logs[f"pxe-{firmware}"]
+    if isinstance(text, Exception):
+        raise text
     report = parse_console(text)
     assert report.cmdline is not None, text[-3000:]
     args = report.cmdline.split()
@@ -143,5 +158,4 @@ def test_network_boot_fetches_seed_from_builder_serve(bundle: tuple[Path, int], 
     assert report.seeds["meta-data"] == (host / "autoinstall/meta-data").read_bytes()
     medium = report.line("medium-over-http:")
     assert medium and "STANDIN" in medium, text[-2000:]
-    served = serve_log.read_text()
     assert "GET /seed/prometheus/user-data" in served and "GET /standin-" in served
