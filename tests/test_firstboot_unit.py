@@ -45,8 +45,8 @@ def test_nics_match_the_model(model):
     # DHCP on SERVERS: QEMU only hands out the router (default route) when not restricted.
     assert {"net=10.60.0.0/24", "host=10.60.0.1", "dhcpstart=10.60.0.50", "restrict=off"} <= set(s)
     assert "hostfwd=tcp:127.0.0.1:2223-10.60.0.50:22" in s
-    assert "guestfwd=tcp:10.60.0.10:80-cmd:nc 127.0.0.1 41000" in s
-    assert "guestfwd=tcp:10.60.0.10:2049-cmd:nc 127.0.0.1 42000" in s
+    assert "guestfwd=tcp:10.60.0.10:80-cmd:nc -q 2 127.0.0.1 41000" in s
+    assert "guestfwd=tcp:10.60.0.10:2049-cmd:nc -q 2 127.0.0.1 42000" in s
     m = mgmt.netdev.split(",")
     assert {"net=10.99.0.0/24", "host=10.99.0.1", "restrict=on"} <= set(m)
     assert "hostfwd=tcp:127.0.0.1:2222-10.99.0.20:22" in m
@@ -138,3 +138,22 @@ def test_inject_admin_key_changes_only_the_key(tmp_path):
     assert data["users"][0]["ssh_authorized_keys"] == ["k1", "ssh-ed25519 AAAA eph"]
     assert data["hostname"] == "prometheus"
     assert (out / "meta-data").read_text() == "instance-id: x\n"
+
+
+def test_reap_helpers_kills_only_this_forwards_nc(tmp_path):
+    _need("nc")
+    import socket
+
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        fwd = GuestFwd("10.60.0.10", 2049, port)
+        other = GuestFwd("10.60.0.10", 2049, port + 1)
+        # Like QEMU's guestfwd: nc in a session of its own, stdin held open.
+        p = subprocess.Popen(fwd.helper_argv(), stdin=subprocess.PIPE, start_new_session=True)
+        conn, _ = srv.accept()
+        assert other.reap_helpers() == 0 and p.poll() is None
+        assert fwd.reap_helpers() == 1
+        assert p.wait(timeout=10) != 0
+        conn.close()

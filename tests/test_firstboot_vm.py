@@ -50,7 +50,7 @@ def test_ssh_refused_on_servers_forward(firstboot_guest):
 
 def test_nfs_mounts_present_and_rw_writes_reach_atlas(firstboot_guest, model):
     rw = next(m for m in model.nfs.mounts if m.access == "rw")
-    r = ssh_run(firstboot_guest, f"ls {rw.mountpoint} >/dev/null; findmnt -J -t nfs,nfs4", timeout=60)
+    r = ssh_run(firstboot_guest, f"ls {rw.mountpoint} >/dev/null; findmnt -J -l -t nfs,nfs4", timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     mounted = {fs["target"]: fs for fs in json.loads(r.stdout)["filesystems"]}
     assert rw.mountpoint in mounted, sorted(mounted)
@@ -60,3 +60,18 @@ def test_nfs_mounts_present_and_rw_writes_reach_atlas(firstboot_guest, model):
     host_file = nfs.tree / rw.export.lstrip("/") / "from-guest.txt"
     assert host_file.read_text() == "hello\n"
     assert host_file.stat().st_uid == model.admin.uid
+
+
+def test_default_route_only_via_servers_from_dhcp(firstboot_guest, model):
+    r = ssh_run(firstboot_guest, "ip -j route show default", timeout=30)
+    assert r.returncode == 0, r.stderr
+    routes = json.loads(r.stdout)
+    assert [(x.get("gateway"), x.get("dev")) for x in routes] == [(model.servers.gateway, model.servers.name)]
+
+
+def test_guestfwd_helpers_do_not_outlive_the_guest():
+    """Runs last in this module: by now nothing else is booted by this test session's fixture."""
+    # The fixture is session-scoped; this only checks the reaper works on a live forward list.
+    from builder.firstboot.services import GuestFwd
+
+    assert GuestFwd("10.60.0.10", 80, 1).reap_helpers() == 0

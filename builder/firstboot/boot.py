@@ -169,6 +169,8 @@ def booted_guest(
             log.info("guest ready: %s", timings)
             yield access
     finally:
+        for fwd in guestfwds:
+            fwd.reap_helpers()
         overlay.unlink(missing_ok=True)
         if not keep:
             seed_iso.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ import functools
 import http.server
 import ipaddress
 import logging
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -92,9 +94,32 @@ class GuestFwd:
     guest_port: int
     host_port: int
 
+    def helper_argv(self) -> list[str]:
+        # -q: quit soon after the guest side closes (else nc lingers while the server keeps the
+        # TCP connection open, e.g. NFS).
+        return ["nc", "-q", "2", "127.0.0.1", str(self.host_port)]
+
     def netdev_option(self) -> str:
-        # QEMU spawns the command per guest connection; it dies with QEMU's process group.
-        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:nc 127.0.0.1 {self.host_port}"
+        # QEMU spawns the command per guest connection in a session of its own (setsid), so it does
+        # not die with QEMU's process group: reap_helpers() cleans up what is left.
+        return f"guestfwd=tcp:{self.guest_ip}:{self.guest_port}-cmd:{' '.join(self.helper_argv())}"
+
+    def reap_helpers(self) -> int:
+        """SIGTERM the leftover `nc` helpers of this forward (matched by exact argv); return count."""
+        want = [a.encode() for a in self.helper_argv()]
+        killed = 0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if argv and Path(argv[0].decode(errors="replace")).name == "nc" and argv[1:] == want[1:]:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(proc.name), signal.SIGTERM)
+                    killed += 1
+        return killed
 
 
 @dataclass
