@@ -162,7 +162,7 @@ def _uuid_date(epoch: int) -> str:
     return time.strftime("%Y%m%d%H%M%S00", time.gmtime(epoch))
 
 
-def planned_files(spec: RemasterSpec, files: list[str], existing: dict[str, bytes]) -> dict[str, bytes]:
+def planned_files(spec: RemasterSpec, existing: dict[str, bytes]) -> dict[str, bytes]:
     """ISO path → bytes of every file the remaster adds or replaces (md5sum.txt not included)."""
     for name in SEED_FILES:
         if name not in spec.seed:
@@ -179,7 +179,7 @@ def planned_files(spec: RemasterSpec, files: list[str], existing: dict[str, byte
 
 
 def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = False) -> RemasterResult:
-    """Write `out` (must not exist) from `base`; nothing half-written is left on any error."""
+    """Write `out` (must not exist, mode 0600) from `base`; nothing half-written is left on any error."""
     started = time.monotonic()
     require_tool("xorriso", "xorriso")
     base = Path(base)
@@ -196,7 +196,7 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
         existing = extract(base, wanted, work / "x")
         check_base(files, existing.get("/.disk/info", b""), base, allow_standin)
         cfgs = {p: d for p, d in existing.items() if p in grub_cfgs}
-        added = planned_files(spec, files, cfgs)
+        added = planned_files(spec, cfgs)
         if "/md5sum.txt" in existing:
             added["/md5sum.txt"] = update_md5sums(existing["/md5sum.txt"], added)
         stage = work / "stage"
@@ -211,7 +211,7 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
                 (Path(dirpath) / name).chmod(0o755)
             for name in dirnames + filenames:
                 os.utime(Path(dirpath) / name, (epoch, epoch))
-        targets = sorted({"/" + Path(p).relative_to("/").parts[0] if p.startswith(SEED_DIR) else p for p in added})
+        targets = sorted({SEED_DIR if p.startswith(SEED_DIR + "/") else p for p in added})
         sde = f"={epoch}"
         options: list[str] = [
             "-abort_on", "FAILURE",
@@ -230,6 +230,7 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
             run(cmd, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
             if not tmp_out.exists() or tmp_out.stat().st_size < base.stat().st_size // 2:
                 raise BuilderError(f"xorriso did not write a complete ISO for {out}")
+            os.chmod(tmp_out, 0o600)  # it carries the autoinstall user-data (may hold password hashes)
     shown = [o.replace(str(stage), "STAGE") for o in options]
     return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started)
 

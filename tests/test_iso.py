@@ -86,6 +86,7 @@ def _cli_build(base: Path, model: Path, out: Path) -> str:
     assert main(["iso", "--host", str(model), "--base", str(base), "--out", str(out), "--allow-standin"]) == 0
     iso = out / "prometheus" / "prometheus-autoinstall.iso"
     digest = hashlib.sha256(iso.read_bytes()).hexdigest()
+    assert iso.stat().st_mode & 0o777 == 0o600  # holds the autoinstall user-data
     assert (iso.with_name(iso.name + ".sha256")).read_text() == f"{digest}  {iso.name}\n"
     return digest
 
