@@ -164,6 +164,8 @@ FAULTS: list[tuple[str, dict[str, Any], set[str], str]] = [
         0, "LoadState=not-found\nRequiresMountsFor=\n")}, {"docker.requires-mounts"}, "not-found"),
     ("driver version", {f"Status-Abbrev}}|${{Version}}' {DRV.package}": Result(0, "ii |560.35.03-0ubuntu1")},
      {"nvidia.driver.version"}, "not the pinned"),
+    ("driver removed", {f"Status-Abbrev}}|${{Version}}' {DRV.package}": Result(0, f"rc |{DRV.version}")},
+     {"nvidia.driver.version"}, "is not installed"),
     ("hold removed", {"apt-mark showhold": Result(0, "")}, {"nvidia.driver.hold"}, "not held"),
     ("pin removed", {f"apt-cache policy {DRV.package}": Result(0, "  Installed: x\n  Candidate: 560.35.03-0\n")},
      {"nvidia.driver.pin"}, "candidate for"),
@@ -248,3 +250,15 @@ def test_crashing_check_is_a_failure_not_an_abort() -> None:
     assert results["network.nic.servers"].status == "fail"
     assert "check crashed" in results["network.nic.servers"].outcome.message
     assert results["system.hostname"].status == "pass"
+
+
+def test_harness_key_in_model_and_extra_is_not_missing() -> None:
+    """The VM harness adds its login key to the model *and* passes it as extra (regression)."""
+    from dataclasses import replace
+
+    admin = replace(U, ssh_authorized_keys=(*U.ssh_authorized_keys, EPHEMERAL))
+    model = replace(MODEL, users=(admin, *MODEL.users[1:]))
+    ctx = Context(FakeHost(healthy_responses(MODEL)), model, ENDPOINTS, FakeOutside(MODEL),
+                  extra_authorized_keys=(EPHEMERAL,))
+    res = {r.check.id: r for r in run_checks(build_catalog(model), ctx)}
+    assert res["users.ops.ssh-key"].status == "pass", res["users.ops.ssh-key"].outcome.message

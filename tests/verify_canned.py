@@ -136,7 +136,7 @@ def healthy_responses(model: Any) -> dict[str, Any]:
                                                  "--containerd=/run/containerd/containerd.sock }\n"),
         "systemctl show -p LoadState -p RequiresMountsFor docker.service": Result(
             0, "LoadState=loaded\nRequiresMountsFor=" + " ".join(model.docker.requires_mounts) + "\n"),
-        f"Status-Abbrev}}|${{Version}}' {drv.package}": Result(0, f"ii |{drv.version}"),
+        f"Status-Abbrev}}|${{Version}}' {drv.package}": Result(0, f"hi |{drv.version}"),  # held
         f"Status-Abbrev}}|${{Version}}' {tk.package}": Result(0, f"ii |{tk.version}"),
         "apt-mark showhold": Result(0, drv.package + "\n"),
         f"apt-cache policy {drv.package}": Result(0, f"{drv.package}:\n  Installed: {drv.version}\n"

@@ -6,6 +6,7 @@ import json
 import shlex
 from typing import Any
 
+from builder.verify.checks_nvidia import is_installed
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
 
 SOURCES_CMD = "grep -rsH '' /etc/apt/sources.list /etc/apt/sources.list.d/"
@@ -106,11 +107,11 @@ def docker_packages_check(model: Any) -> Check:
             parts = line.split("|")
             if len(parts) == 3:
                 got[parts[0]] = (parts[1].strip(), parts[2])
-        problems = [f"{p} not installed" for p in pkgs if got.get(p, ("", ""))[0] != "ii"]
+        problems = [f"{p} not installed" for p in pkgs if not is_installed(got.get(p, ("", ""))[0])]
         if version:
             problems += [f"{p} {got[p][1]} (want {version})" for p in ("docker-ce", "docker-ce-cli")
                          if p in got and got[p][1] != version]
-        found = ", ".join(f"{p}={v[1]}" for p, v in sorted(got.items()) if v[0] == "ii")
+        found = ", ".join(f"{p}={v[1]}" for p, v in sorted(got.items()) if is_installed(v[0]))
         if problems:
             return failed("Docker packages: " + "; ".join(problems), expected=", ".join(pkgs), found=found)
         return passed(f"installed: {found}", found=found)

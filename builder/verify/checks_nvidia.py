@@ -11,6 +11,11 @@ from builder.verify.core import SEED, Check, Context, Outcome, failed, not_appli
 GPU_PROBE = "grep -lix 0x10de /sys/bus/pci/devices/*/vendor"
 
 
+def is_installed(status_abbrev: str) -> bool:
+    """dpkg's db:Status-Abbrev is desired/current/error ('ii ', 'hi ' when held): current must be 'i'."""
+    return len(status_abbrev) >= 2 and status_abbrev[1] == "i"
+
+
 def _installed(ctx: Context, pkg: str) -> tuple[str, str]:
     """(status abbreviation, version) from dpkg; ('', '') when unknown."""
     res = ctx.run(f"dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}' {shlex.quote(pkg)}")
@@ -23,7 +28,7 @@ def driver_version_check(model: Any) -> Check:
 
     def fn(ctx: Context) -> Outcome:
         status, version = _installed(ctx, drv.package)
-        if status != "ii":
+        if not is_installed(status):
             return failed(f"{drv.package} is not installed", expected=f"{drv.package}={drv.version}",
                           found=status or "absent")
         if drv.version and version != drv.version:
@@ -77,7 +82,7 @@ def toolkit_check(model: Any) -> Check:
             return not_applicable("the container toolkit is disabled in the model")
         status, version = _installed(ctx, tk.package)
         problems = []
-        if status != "ii":
+        if not is_installed(status):
             problems.append(f"{tk.package} not installed")
         elif tk.version and version != tk.version:
             problems.append(f"{tk.package} {version} (want {tk.version})")

@@ -6,7 +6,7 @@ import json
 import shlex
 from typing import Any
 
-from builder.verify.core import SEED, Check, Context, Outcome, diff_sets, failed, passed
+from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 
 def cloud_init_check() -> Check:
@@ -132,8 +132,11 @@ def user_keys_check(user: Any) -> Check:
         found = [_key_id(ln) for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
         # Keys the harness added for this run (its ephemeral login key) are not findings.
         allowed_extra = {_key_id(k) for k in ctx.extra_authorized_keys}
-        diff = diff_sets(want, [k for k in found if k not in allowed_extra])
-        if diff:
+        missing = sorted(set(want) - set(found))
+        unexpected = sorted(set(found) - set(want) - allowed_extra)
+        if missing or unexpected:
+            diff = "; ".join(p for p in (f"missing: {', '.join(missing)}" if missing else "",
+                                         f"unexpected: {', '.join(unexpected)}" if unexpected else "") if p)
             return failed(f"authorized_keys of {name} differ from the model ({_short(diff)})",
                           expected=f"{len(want)} modelled key(s)", found=f"{len(found)} key(s)")
         return passed(f"{name} has exactly the modelled key(s)", found=f"{len(found)} key(s)")

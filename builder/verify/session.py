@@ -37,9 +37,18 @@ class Session:
     extra_key: str
     timings: dict[str, float] = field(default_factory=dict)
 
+    _host: SshHost | None = None
+
     @property
     def host(self) -> SshHost:
-        return SshHost(self.access)
+        if self._host is None:
+            self._host = SshHost(self.access)
+        return self._host
+
+    def close(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host = None
 
     def context(self) -> Context:
         return Context(self.host, self.model, Endpoints.from_access(self.access),
@@ -148,7 +157,11 @@ def guest_session(
             booted = timings["services_ready"]
             for k, v in access.timings.items():
                 timings[k] = round(booted + v, 1)
-            yield Session(tmodel, access, svc, pub, timings)
+            session = Session(tmodel, access, svc, pub, timings)
+            try:
+                yield session
+            finally:
+                session.close()
 
 
 def verify_session(
