@@ -98,6 +98,8 @@ def test_packer_validate_rejects_an_existing_output_directory(tmp_path: Path, fa
 def test_cli_packer_validate_only(tmp_path: Path, fake_iso: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["packer", "--iso", str(fake_iso), "--out", str(tmp_path / "out"), "--validate-only"])
     assert rc == 0
+    (tmp_path / "out" / "prometheus" / "packer" / "build" / "images").mkdir(parents=True)  # an earlier build
+    assert main(["packer", "--iso", str(fake_iso), "--out", str(tmp_path / "out"), "--validate-only"]) == 0
     assert "packer validate prometheus.pkr.hcl: ok" in capsys.readouterr().out
 
 

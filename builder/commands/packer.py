@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from builder.commands.common import add_host_arg, add_out_arg, load_host
@@ -47,7 +48,9 @@ def run_packer(model: HostModel, iso: Path, args: argparse.Namespace,
     varfile = write_pkrvars(model, iso, args.out)
     print(f"wrote {varfile}")
     if validate_only:
-        packer_validate(varfile, args.template)
+        with tempfile.TemporaryDirectory(prefix="builder-packer-validate-") as tmp:
+            # an earlier build's output folder would make `packer validate` fail: point it elsewhere
+            packer_validate(varfile, args.template, {"output_directory": f"{tmp}/images"})
         print(f"packer validate {args.template.name}: ok")
         return None
     return packer_build(model, varfile, template=args.template, out_root=args.out, accel=args.accel,
