@@ -52,6 +52,17 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _keep_stage_sections(new: dict[str, Any], old_path: Path) -> dict[str, Any]:
+    """Keep later stages' sections (iso, pxe, …) while the seed they were built from is unchanged."""
+    try:
+        old = json.loads(old_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return new
+    if old.get("outputs") != new["outputs"] or old.get("inputs") != new["inputs"]:
+        return new  # the seed changed: those sections describe stale media
+    return {**{k: v for k, v in old.items() if k not in new}, **new}
+
+
 def write_seed(model: HostModel, files: dict[str, bytes], out_root: Path) -> Path:
     """Write the seed folders and manifest.json into out_root/<hostname>/; returns that folder.
 
@@ -70,7 +81,8 @@ def write_seed(model: HostModel, files: dict[str, bytes], out_root: Path) -> Pat
             path.write_bytes(body)
             os.chmod(path, 0o600 if name in SECRET_FILES else 0o644)
             os.utime(path, (mtime, mtime))
-        text = json.dumps(manifest(model, files), indent=2, sort_keys=True) + "\n"
+        text = json.dumps(_keep_stage_sections(manifest(model, files), host_dir / "manifest.json"),
+                          indent=2, sort_keys=True) + "\n"
         (tmp / "manifest.json").write_text(text)
         host_dir.mkdir(parents=True, exist_ok=True)
         for part in ("autoinstall", "first-boot", "manifest.json"):

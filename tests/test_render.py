@@ -183,3 +183,18 @@ def test_missing_secret_file_writes_nothing(write_model, tmp_path: Path, capsys)
     assert main(["render", "--host", str(write_model(data)), "--out", str(out)]) == 2
     assert "users[0].password_file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_rerender_keeps_stage_sections_only_while_seed_is_unchanged(write_model, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["render", "--out", str(out)]) == 0
+    manifest_path = out / "prometheus" / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    data["iso"] = {"sha256": "abc"}
+    manifest_path.write_text(json.dumps(data))
+    assert main(["render", "--out", str(out)]) == 0
+    assert json.loads(manifest_path.read_text())["iso"] == {"sha256": "abc"}
+    changed = default_model_data()
+    changed["host"]["timezone"] = "Europe/Berlin"
+    assert main(["render", "--host", str(write_model(changed)), "--out", str(out)]) == 0
+    assert "iso" not in json.loads(manifest_path.read_text())
