@@ -30,7 +30,10 @@ def die(message: str, hint: str | None = None, code: int = 2) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="builder", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="builder",
+        description="Rebuild and verify the prometheus host from its host model (hosts/prometheus.yaml).",
+    )
     parser.add_argument("--version", action="version", version=f"builder {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every external command")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
