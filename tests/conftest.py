@@ -83,11 +83,22 @@ def firstboot_image():
 
 
 @pytest.fixture(scope="session")
-def firstboot_guest(firstboot_image, tmp_path_factory):
-    """The default model booted once (TCG, ~1-3 min): a GuestAccess for ssh_run; NFS via .nfs."""
-    from builder.firstboot.session import firstboot_session
-    from builder.model import load_model
+def verify_guest_session(firstboot_image, tmp_path_factory):
+    """THE one boot of the default model per test session (TCG: 1-3 min quiet, more under load).
 
-    workdir = tmp_path_factory.mktemp("firstboot")
-    with firstboot_session(load_model(DEFAULT_MODEL), workdir, image=firstboot_image) as access:
-        yield access
+    A builder.verify.session.Session (model as the guest sees it, .access, .services, .host).
+    Read-only tests run first (test_firstboot_vm sorts before test_verify_vm); fault tests undo
+    their faults. Use this instead of booting again: CI's VM budget has room for one boot.
+    """
+    from builder.model import load_model
+    from builder.verify.session import guest_session
+
+    workdir = tmp_path_factory.mktemp("guest")
+    with guest_session(load_model(DEFAULT_MODEL), workdir) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def firstboot_guest(verify_guest_session):
+    """GuestAccess of the shared boot: ssh_run(access, cmd), access.nfs.stop()/start()."""
+    return verify_guest_session.access
