@@ -29,10 +29,19 @@ def add_schema_arg(p: argparse.ArgumentParser) -> None:
                    help="folder with the upstream autoinstall/cloud-init schemas (or $BUILDER_SCHEMA_DIR)")
 
 
+_WARNED: set[str] = set()  # `builder build` loads the model once per stage: warn once
+
+
+def reset_warnings() -> None:
+    _WARNED.clear()
+
+
 def load_host(args: argparse.Namespace) -> HostModel:
     model, warnings = load_model_with_warnings(args.host)
     for w in warnings:
-        print(f"builder: {w}", file=sys.stderr)
+        if str(w) not in _WARNED:
+            _WARNED.add(str(w))
+            print(f"builder: {w}", file=sys.stderr)
     return model
 
 
