@@ -143,3 +143,12 @@ def test_ssh_host_wraps_sudo_and_detects_transport_failures() -> None:
     assert seen[-1] == "sudo -n sh -c 'id -un && echo '\"'\"'x'\"'\"''"
     with pytest.raises(HostUnreachable, match="Connection refused"):
         h.run("boom")
+
+
+def test_ssh_host_remote_killed_by_signal_is_a_result_not_unreachable() -> None:
+    def runner(access, cmd, timeout):  # noqa: ANN001
+        return subprocess.CompletedProcess([], 255, "", "")
+
+    h = SshHost(SimpleNamespace(user="ops", ssh_host="127.0.0.1", ssh_port=1), runner=runner)
+    r = h.run("timeout -s KILL 1 sleep 5")
+    assert r.rc == 255 and "killed by a signal" in r.stderr

@@ -34,7 +34,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from builder.verify.session import guest_session
 
     work = tmp_path_factory.mktemp("verify-vm")
-    with guest_session(load_model(None), work) as s:
+    with guest_session(load_model(None), work, boot_timeout=900) as s:
         yield s
 
 

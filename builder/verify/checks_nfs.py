@@ -13,6 +13,13 @@ USERSPACE_ONLY = {"_netdev", "nofail", "auto", "noauto", "defaults", "user", "us
 IO_TIMEOUT = 20  # seconds; NFS "hard" mounts hang forever when the server is gone
 
 
+def bounded(script: str, seconds: int = IO_TIMEOUT) -> str:
+    """Run `script` under `timeout -s KILL`, in a shell that outlives it: timeout kills its whole
+    process group, and if that were the SSH session's leader, ssh would exit 255 (killed by a
+    signal) instead of reporting the timeout's 137."""
+    return f"timeout -s KILL {seconds} sh -c {shlex.quote(script)}; exit $?"
+
+
 def _userspace(opt: str) -> bool:
     return opt in USERSPACE_ONLY or opt.startswith(("x-", "comment="))
 
@@ -53,8 +60,7 @@ def nfs_mounted_check(model: Any, mount: Any) -> Check:
     def fn(ctx: Context) -> Outcome:
         q = shlex.quote(mp)
         # Reading the folder triggers an automount; statfs needs an answer from the server.
-        trig = ctx.run(f"timeout -s KILL {IO_TIMEOUT} sh -c 'ls {q} >/dev/null && stat -f -c %T {q}'",
-                       timeout=IO_TIMEOUT + 30)
+        trig = ctx.run(bounded(f"ls {q} >/dev/null && stat -f -c %T {q}"), timeout=IO_TIMEOUT + 30)
         fstab = [e for e in _table(ctx, fstab=True) if e.get("target") == mp]
         live = [e for e in _table(ctx, fstab=False)
                 if e.get("target") == mp and str(e.get("fstype", "")).startswith("nfs")]
@@ -69,7 +75,7 @@ def nfs_mounted_check(model: Any, mount: Any) -> Check:
                 problems.append(f"fstab options lack {','.join(missing)}")
             if _norm_source(str(f.get("source"))) != want_src:
                 problems.append(f"fstab source {f.get('source')} (want {want_src})")
-        if trig.rc in (124, 137):
+        if trig.rc in (124, 137, 255):
             problems.append(f"not responding within {IO_TIMEOUT}s (NFS server down or unreachable?)")
         elif not trig.ok:
             problems.append(f"cannot access: {trig.brief()}")
@@ -105,23 +111,20 @@ def nfs_access_check(mount: Any) -> Check:
 
     def fn(ctx: Context) -> Outcome:
         if mount.access == "rw":
-            res = ctx.run(f"timeout -s KILL {IO_TIMEOUT} sh -c 'echo ok > {probe} && cat {probe} && rm -f {probe}'",
-                          timeout=IO_TIMEOUT + 30)
+            res = ctx.run(bounded(f"echo ok > {probe} && cat {probe} && rm -f {probe}"), timeout=IO_TIMEOUT + 30)
             if res.ok and res.stdout.strip() == "ok":
                 return passed(f"{mp}: the admin user can write", found="write ok")
-            why = "timed out (NFS server down?)" if res.rc in (124, 137) else res.brief()
+            why = "timed out (NFS server down?)" if res.rc in (124, 137, 255) else res.brief()
             return failed(f"{mp} is modelled rw but a write by the admin user failed: {why}",
                           expected="write succeeds", found=why)
         # Read-only: even root must be refused, by the mount itself (EROFS), not by permissions.
-        res = ctx.run(
-            f"timeout -s KILL {IO_TIMEOUT} sh -c 'if touch {probe}; then rm -f {probe}; echo WROTE; fi'",
-            root=True, timeout=IO_TIMEOUT + 30,
-        )
+        res = ctx.run(bounded(f"if touch {probe}; then rm -f {probe}; echo WROTE; fi"), root=True,
+                      timeout=IO_TIMEOUT + 30)
         text = res.stdout + res.stderr
         if "WROTE" in res.stdout:
             return failed(f"{mp} is modelled ro but root could write to it", expected="Read-only file system",
                           found="write succeeded")
-        if res.rc in (124, 137):
+        if res.rc in (124, 137, 255):
             return failed(f"{mp}: write test timed out (NFS server down?)", expected="Read-only file system",
                           found="timeout")
         if "Read-only file system" in text:

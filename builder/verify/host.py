@@ -125,6 +125,8 @@ class SshHost(Host):
         # ssh exits 255 when it cannot connect or authenticate; the command itself never ran.
         if rc == 255 and _looks_like_ssh_failure(err):
             raise HostUnreachable(f"SSH to {self.name} failed: {err.strip()[-500:]}")
+        if rc == 255 and not err.strip():
+            return Result(255, out, "remote command was killed by a signal (ssh exit 255)")
         if rc == 124 and "ssh timed out" in err:
             return Result(124, out, f"no answer within {timeout:.0f}s (ssh timed out)")
         return Result(rc, out, err)
@@ -137,7 +139,7 @@ def _looks_like_ssh_failure(stderr: str) -> bool:
         for k in ("connection refused", "connection closed", "connection reset", "permission denied",
                   "timed out", "no route", "kex_exchange_identification", "could not resolve",
                   "broken pipe")
-    ) or not s.strip()
+    )
 
 
 Response = Result | Callable[[str], Result]
