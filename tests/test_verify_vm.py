@@ -8,15 +8,12 @@ Order matters: faults that cut networking (NIC rename) or storage (NFS server do
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from builder.model import load_model
 from builder.verify.catalog import build_catalog
 from builder.verify.core import CheckResult, run_checks
 from builder.verify.report import render_table, write_report
@@ -28,14 +25,9 @@ FAULT_CONF = "/etc/ssh/sshd_config.d/00-verify-fault.conf"
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    if os.geteuid() != 0:
-        pytest.skip("the first-boot VM test needs root (image build, NFS server)")
-    from builder.verify.session import guest_session
-
-    work = tmp_path_factory.mktemp("verify-vm")
-    with guest_session(load_model(None), work, boot_timeout=900) as s:
-        yield s
+def session(verify_guest_session):  # noqa: ANN001
+    """The one shared boot of the default model (tests/conftest.py): CI has room for one boot."""
+    return verify_guest_session
 
 
 def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
