@@ -13,7 +13,6 @@ import logging
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.run import require_tool
+from builder.run import require_tool, stop_process_group
 
 log = logging.getLogger("builder.qemu")
 
@@ -185,15 +184,7 @@ class RunningVm:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc, grace=10)
 
 
 @contextlib.contextmanager

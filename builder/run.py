@@ -98,7 +98,7 @@ def run_streaming(
     deadline = None if timeout is None else time.monotonic() + timeout
     timer = None
     if deadline is not None:
-        timer = threading.Timer(timeout, _interrupt, args=(proc,))  # type: ignore[arg-type]
+        timer = threading.Timer(timeout, stop_process_group, args=(proc, signal.SIGINT, 30))
         timer.daemon = True
         timer.start()
     try:
@@ -107,7 +107,7 @@ def run_streaming(
             on_line(raw.decode(errors="replace").rstrip("\r\n"))
         rc = proc.wait()
     except BaseException:
-        _interrupt(proc)
+        stop_process_group(proc, signal.SIGINT, grace=30)
         raise
     finally:
         if timer is not None:
@@ -117,14 +117,14 @@ def run_streaming(
     return rc
 
 
-def _interrupt(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT to the process group, SIGKILL if it is still there after 30 s."""
+def stop_process_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10) -> None:
+    """Send `sig` to the process group of `proc` (started with start_new_session), SIGKILL after `grace` s."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, sig)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

@@ -9,12 +9,10 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
 from builder.firstboot.boot import NetPlan, build_seed_iso, nics_for, vm_spec
 from builder.firstboot.image import StandinImage, make_ext4_image
 from builder.firstboot.services import GuestFwd, service_address
-from builder.firstboot.session import inject_admin_key
 from builder.firstboot.ssh import GuestAccess, ssh_command
 from builder.model import load_model
 from builder.qemu import qemu_command
@@ -124,20 +122,6 @@ def test_ext4_image_is_reproducible(tmp_path):
         time.sleep(1.1)
     assert digests[0] == digests[1]
 
-
-def test_inject_admin_key_changes_only_the_key(tmp_path):
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    (seed / "user-data").write_text(
-        "#cloud-config\nhostname: prometheus\nusers:\n  - name: ops\n    ssh_authorized_keys: [k1]\n")
-    (seed / "meta-data").write_text("instance-id: x\n")
-    out = inject_admin_key(seed, tmp_path / "out", "ops", "ssh-ed25519 AAAA eph")
-    text = (out / "user-data").read_text()
-    assert text.startswith("#cloud-config\n")
-    data = yaml.safe_load(text)
-    assert data["users"][0]["ssh_authorized_keys"] == ["k1", "ssh-ed25519 AAAA eph"]
-    assert data["hostname"] == "prometheus"
-    assert (out / "meta-data").read_text() == "instance-id: x\n"
 
 
 def test_reap_helpers_kills_only_this_forwards_nc(tmp_path):

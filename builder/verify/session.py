@@ -68,18 +68,6 @@ def image_from_file(path: Path) -> Any:
     return StandinImage(path, kernel, initrd, KERNEL_APPEND, key=f"file:{path.name}")
 
 
-def render_seed(model: Any, dest: Path) -> Path:
-    from builder.render import render_host
-
-    files = render_host(model)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SEED_FILES:
-        body = files.get(f"first-boot/{name}")
-        if body is not None:
-            (dest / name).write_bytes(body)
-    return dest
-
-
 def _replace_strings(node: Any, swaps: list[tuple[str, str]]) -> Any:
     if isinstance(node, str):
         for old, new in swaps:
@@ -124,6 +112,18 @@ def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Pa
     for name in SEED_FILES[1:]:
         if (src / name).is_file():
             shutil.copyfile(src / name, dest / name)
+    return dest
+
+
+def render_seed(model: Any, dest: Path) -> Path:
+    """Render the model's first-boot seed (user-data, meta-data, network-config) into `dest`, 0600."""
+    from builder.render import render_host
+
+    files = render_host(model)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SEED_FILES:
+        (dest / name).write_bytes(files[f"first-boot/{name}"])
+        (dest / name).chmod(0o600)
     return dest
 
 
