@@ -71,3 +71,14 @@ def test_adapt_seed_changes_only_the_test_overrides(tmp_path: Path) -> None:
     assert "http://10.60.0.10/docker noble stable" in out["apt"]["sources"]["docker.list"]["source"]
     assert out["mounts"][0][0] == "10.60.0.10:/appdata"
     assert (dest / "meta-data").read_text() == "instance-id: x\n"
+
+
+def test_bad_seed_or_image_fails_before_writing(tmp_path: Path, capsys) -> None:
+    from builder.cli import main
+
+    out = tmp_path / "out"
+    assert main(["verify", "--seed", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no user-data in" in capsys.readouterr().err
+    assert main(["verify", "--image", str(tmp_path / "missing.img"), "--out", str(out)]) == 2
+    assert "stand-in image incomplete" in capsys.readouterr().err
+    assert not out.exists()

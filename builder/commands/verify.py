@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -37,10 +38,14 @@ def _progress(r: CheckResult) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from builder.verify.session import guest_session, verify_session
+    from builder.verify.session import guest_session, image_from_file, seed_source, verify_session
 
     started = time.monotonic()
     model = load_host(args)
+    if args.seed:  # bad inputs fail before anything is created under --out
+        seed_source(Path(args.seed))
+    if args.image:
+        image_from_file(Path(args.image))
     host_dir = Path(args.out) / model.host.hostname
     if args.keep:
         work = host_dir / "verify-work"
@@ -60,6 +65,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                host_dir.rmdir()  # only if the failed run left it empty
     print(render_table(report, width=shutil.get_terminal_size((120, 20)).columns))
     print(f"report: {out / 'report.json'}, {out / 'junit.xml'}, serial log {out / 'serial.log'}")
     return 0 if report.ok else 1

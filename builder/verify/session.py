@@ -81,13 +81,19 @@ def _replace_strings(node: Any, swaps: list[tuple[str, str]]) -> Any:
     return node
 
 
-def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Path) -> Path:
-    """Copy a given seed folder for the test boot. Only the test overrides change: repository URLs
-    and keys, the NFS server, and the harness' login key added to the admin user."""
+def seed_source(seed: Path) -> Path:
+    """The folder holding a given seed's user-data: SEED itself or SEED/first-boot."""
     src = seed / "first-boot" if (seed / "first-boot" / "user-data").is_file() else seed
     if not (src / "user-data").is_file():
         raise BuilderError(f"no user-data in {seed} (nor in {seed}/first-boot)",
                            hint="pass the folder `builder render` wrote, e.g. artifacts/prometheus")
+    return src
+
+
+def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Path) -> Path:
+    """Copy a given seed folder for the test boot. Only the test overrides change: repository URLs
+    and keys, the NFS server, and the harness' login key added to the admin user."""
+    src = seed_source(seed)
     text = (src / "user-data").read_text()
     data = yaml.safe_load(text)
     if not text.startswith("#cloud-config") or not isinstance(data, dict):
