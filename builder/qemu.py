@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pexpect
 
 from builder.errors import BuilderError
 from builder.run import require_tool, stop_process_group
@@ -149,6 +152,7 @@ class RunningVm:
         self.argv = argv
         self.proc = proc
         self.started = time.monotonic()
+        self._console: pexpect.spawn | None = None
 
     def serial_text(self) -> str:
         try:
@@ -167,24 +171,49 @@ class RunningVm:
                 f"VM '{self.spec.name}' did not power off within {timeout:.0f}s\n--- serial tail ---\n{tail}"
             ) from None
 
-    def wait_for_text(self, needle: str, timeout: float, interval: float = 1.0) -> str:
-        """Poll the serial log until `needle` appears; return the log. Raise with the tail otherwise."""
+    def console(self) -> pexpect.spawn:
+        """The serial console as a pexpect stream from its first byte.
+
+        Read-only by design: it follows the serial log (QEMU writes it, nothing can block the
+        guest), and the verified host has no console login anyway (root locked, keys only).
+        """
+        if self._console is None:
+            self._console = pexpect.spawn(
+                "tail", ["-F", "-n", "+1", str(self.spec.serial_log)],
+                encoding="utf-8", codec_errors="replace", timeout=5,
+            )
+        return self._console
+
+    def expect_console(self, patterns: Sequence[re.Pattern[str]], timeout: float) -> int:
+        """Index of the first of `patterns` seen next on the console; raise with the tail otherwise."""
+        con = self.console()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.serial_text()
-            if needle in text:
-                return text
-            if self.proc.poll() is not None:
-                break
-            time.sleep(interval)
-        tail = self.serial_text()[-2000:]
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                return con.expect(list(patterns), timeout=min(2.0, remaining))
+            except pexpect.TIMEOUT:
+                if self.proc.poll() is not None:
+                    try:  # QEMU is gone: read what it wrote last, once
+                        return con.expect(list(patterns), timeout=1.5)
+                    except pexpect.TIMEOUT:
+                        break
+        wanted = " or ".join(repr(p.pattern) for p in patterns)
         raise BuilderError(
-            f"VM '{self.spec.name}': '{needle}' not seen on the serial console within {timeout:.0f}s "
-            f"(qemu exit: {self.proc.poll()})\n--- serial tail ---\n{tail}"
+            f"VM '{self.spec.name}': {wanted} not seen on the serial console within {timeout:.0f}s "
+            f"(qemu exit: {self.proc.poll()})\n--- serial tail ---\n{self.serial_text()[-3000:]}",
+            hint=f"full serial log: {self.spec.serial_log}",
         )
+
+    def wait_for_text(self, needle: str, timeout: float) -> str:
+        """Wait until `needle` appears anywhere on the serial console; return the log so far."""
+        if needle not in self.serial_text():  # the stream may have moved past it already
+            self.expect_console([re.compile(re.escape(needle))], timeout)
+        return self.serial_text()
 
     def stop(self) -> None:
         stop_process_group(self.proc, grace=10)
+        if self._console is not None:
+            self._console.close(force=True)
 
 
 @contextlib.contextmanager
