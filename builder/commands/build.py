@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host
+from builder.commands.iso import add_base_args
 from builder.pipeline import (
     SKIPPABLE,
     STAGES,
@@ -27,14 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_host_arg(p)
     add_out_arg(p)
     add_schema_arg(p)
-    p.add_argument("--base", type=Path, default=None, metavar="ISO",
-                   help="base Ubuntu live-server ISO (default: download the model's ISO; needs internet)")
-    p.add_argument("--allow-standin", action="store_true",
-                   help="accept a test stand-in base ISO (`builder standin iso`), for tests and demos")
-    p.add_argument("--keyring", type=Path, default=None, metavar="FILE",
-                   help="keyring for gpgv to check SHA256SUMS.gpg of a download")
-    p.add_argument("--no-pin-check", action="store_true",
-                   help="accept a --base whose sha256 differs from the model's os.iso.sha256")
+    add_base_args(p)  # the same --base/--keyring/--allow-standin/--no-pin-check as `builder iso`
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE,
                    help="leave out a stage (repeatable)")
     p.add_argument("--accel", choices=("tcg", "kvm"), default=None, help="QEMU accelerator for the Packer boot")
