@@ -119,6 +119,11 @@ def _files(model: HostModel, env, ctx: dict[str, Any]) -> list[dict[str, str]]:
         {"path": "/etc/apt/preferences.d/90-nvidia-driver-pin", "mode": "0644",
          "content": render_template(env, "cloud-init/files/nvidia-pin.pref.j2", ctx)},
     ]
+    mon = model.features.monitoring
+    if mon.enabled and mon.node_exporter:
+        # Seed: "Services bind only to SERVERS VLAN IPs" - the exporter too.
+        files.append({"path": "/etc/default/prometheus-node-exporter", "mode": "0644",
+                      "content": f"# {MANAGED}\nARGS=\"--web.listen-address={model.servers.ip}:9100\"\n"})
     if model.docker.requires_mounts:
         files.append({"path": "/etc/systemd/system/docker.service.d/10-requires-mounts.conf", "mode": "0644",
                       "content": render_template(env, "cloud-init/files/docker-requires-mounts.conf.j2", ctx)})

@@ -198,3 +198,13 @@ def test_rerender_keeps_stage_sections_only_while_seed_is_unchanged(write_model,
     changed["host"]["timezone"] = "Europe/Berlin"
     assert main(["render", "--host", str(write_model(changed)), "--out", str(out)]) == 0
     assert "iso" not in json.loads(manifest_path.read_text())
+
+
+def test_optional_monitoring_binds_to_servers_only(write_model) -> None:
+    data = default_model_data()
+    assert "prometheus-node-exporter" not in render_host(load_model()).get("first-boot/user-data").decode()
+    data["features"]["monitoring"]["enabled"] = True
+    ud = yaml.safe_load(render_host(load_model(write_model(data)))["first-boot/user-data"])
+    assert "prometheus-node-exporter" in ud["packages"]
+    files_by_path = {f["path"]: f["content"] for f in ud["write_files"]}
+    assert 'ARGS="--web.listen-address=10.60.0.50:9100"' in files_by_path["/etc/default/prometheus-node-exporter"]
