@@ -27,9 +27,14 @@ class RangeHandler(SimpleHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     _range: tuple[int, int] | None = None
+    access_log: Path | None = None  # set by make_server: requests go to this file, not the log
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        log.info("%s %s", self.address_string(), format % args)
+        if self.access_log is None:
+            log.info("%s %s", self.address_string(), format % args)
+        else:
+            with open(self.access_log, "a") as f:
+                f.write(f"{self.log_date_time_string()} {self.address_string()} {format % args}\n")
 
     def send_head(self):  # type: ignore[no-untyped-def]
         self._range = None
@@ -92,17 +97,20 @@ class RangeHandler(SimpleHTTPRequestHandler):
             remaining -= len(chunk)
 
 
-def make_server(directory: Path, bind: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
-    handler = partial(RangeHandler, directory=str(directory))
+def make_server(directory: Path, bind: str = "127.0.0.1", port: int = 0,
+                access_log: Path | None = None) -> ThreadingHTTPServer:
+    cls = RangeHandler if access_log is None else type("FileLoggedHandler", (RangeHandler,), {"access_log": access_log})
+    handler = partial(cls, directory=str(directory))
     server = ThreadingHTTPServer((bind, port), handler)
     server.daemon_threads = True
     return server
 
 
 @contextlib.contextmanager
-def serving(directory: Path, bind: str = "127.0.0.1", port: int = 0) -> Iterator[ThreadingHTTPServer]:
+def serving(directory: Path, bind: str = "127.0.0.1", port: int = 0,
+            access_log: Path | None = None) -> Iterator[ThreadingHTTPServer]:
     """Serve `directory` in a background thread for the duration of the block."""
-    server = make_server(directory, bind, port)
+    server = make_server(directory, bind, port, access_log)
     thread = threading.Thread(target=server.serve_forever, name="builder-serve", daemon=True)
     thread.start()
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from builder.firstboot.aptrepo import build_repos
 from builder.firstboot.gpgkeys import make_key
-from builder.firstboot.services import HttpServer
+from builder.serve import serving
 
 TOOLS = ("gpg", "gpgv", "dpkg-deb", "apt-ftparchive", "apt-get")
 
@@ -24,10 +24,8 @@ def repo(tmp_path_factory):
     keys = {n: make_key(d / f"key-{n}", f"test {n} <{n}@invalid>") for n in ("archive", "docker", "nvidia")}
     build_repos(d / "http", archive=keys["archive"], docker=keys["docker"], nvidia=keys["nvidia"],
                 sde=1769126400)
-    http = HttpServer(d / "http", d / "access.log")
-    http.start()
-    yield d, keys, http
-    http.stop()
+    with serving(d / "http", access_log=d / "access.log") as http:
+        yield d, keys, http
 
 
 def test_release_files_are_signed(repo):
@@ -59,7 +57,7 @@ def test_real_apt_resolves_signed_by_pins_and_newest(repo, tmp_path):
         (root / sub).mkdir(parents=True)
     (root / "status").write_text("")
     shutil.copy(keys["archive"].public_asc, root / "trusted.gpg.d" / "archive.asc")  # like ubuntu-keyring
-    base = f"http://127.0.0.1:{http.port}"
+    base = f"http://127.0.0.1:{http.server_address[1]}"
     (root / "sources.list").write_text(
         f"deb {base}/ubuntu noble main restricted\n"
         f"deb {base}/ubuntu noble-updates main restricted\n"

@@ -10,21 +10,20 @@ changed — everything else is the model as written.
 from __future__ import annotations
 
 import contextlib
-import functools
-import http.server
 import ipaddress
 import logging
 import os
 import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 from builder.firstboot.aptrepo import RepoLayout, build_repos
 from builder.firstboot.gpgkeys import SigningKey, archive_key, cache_root, make_key
 from builder.firstboot.nfs import GaneshaServer, nfs_server
 from builder.model import HostModel
+from builder.serve import serving
 
 log = logging.getLogger("builder.firstboot.services")
 
@@ -47,43 +46,6 @@ def service_address(model: HostModel) -> str:
         if cand not in taken and cand not in pool:
             return cand
     raise ValueError(f"no free service address in {srv.subnet}")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    access_log: Path | None = None
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        if self.access_log is not None:
-            with open(self.access_log, "a") as f:
-                f.write(f"{self.log_date_time_string()} {format % args}\n")
-
-
-@dataclass
-class HttpServer:
-    root: Path
-    access_log: Path
-    server: http.server.ThreadingHTTPServer | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return self.server.server_address[1]
-
-    def start(self) -> None:
-        handler = type("Handler", (_QuietHandler,), {"access_log": self.access_log})
-        self.server = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), functools.partial(handler, directory=str(self.root))
-        )
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="apt-http", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 @dataclass(frozen=True)
@@ -125,14 +87,14 @@ class GuestFwd:
 @dataclass
 class HarnessServices:
     guest_ip: str
-    http: HttpServer
+    http: ThreadingHTTPServer  # builder.serve: the signed APT repositories
     nfs: GaneshaServer
     docker_key: SigningKey
     nvidia_key: SigningKey
     archive_key: SigningKey
 
     def guestfwds(self) -> tuple[GuestFwd, ...]:
-        return (GuestFwd(self.guest_ip, HTTP_GUEST_PORT, self.http.port),
+        return (GuestFwd(self.guest_ip, HTTP_GUEST_PORT, self.http.server_address[1]),
                 GuestFwd(self.guest_ip, NFS_GUEST_PORT, self.nfs.port))
 
     @property
@@ -174,11 +136,7 @@ def harness_services(model: HostModel, workdir: Path) -> Iterator[HarnessService
     http_root = workdir / "http"
     if not (http_root / "ubuntu" / "dists").exists():
         build_repos(http_root, archive=archive, docker=docker, nvidia=nvidia, sde=sde)
-    http = HttpServer(http_root, workdir / "http-access.log")
-    http.start()
-    try:
-        admin = model.admin
-        with nfs_server(workdir / "nfs", admin.uid, admin.gid) as nfs:
-            yield HarnessServices(service_address(model), http, nfs, docker, nvidia, archive)
-    finally:
-        http.stop()
+    admin = model.admin
+    with serving(http_root, access_log=workdir / "http-access.log") as http, \
+            nfs_server(workdir / "nfs", admin.uid, admin.gid) as nfs:
+        yield HarnessServices(service_address(model), http, nfs, docker, nvidia, archive)

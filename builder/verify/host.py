@@ -7,6 +7,7 @@ go through `Host.sudo()`, which wraps them in `sudo -n` unless the backend alrea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -114,8 +115,8 @@ class SshHost(Host):
         if self._control:
             sockets = list(Path(self._control).glob("*"))
             for sock in sockets:
-                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True,
-                               stdin=subprocess.DEVNULL, timeout=10, check=False)
+                with contextlib.suppress(BuilderError):
+                    run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], check=False, timeout=10)
             shutil.rmtree(self._control, ignore_errors=True)
             self._control = None
 
