@@ -20,11 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.firstboot.boot import booted_guest  # noqa: E402
-from builder.firstboot.image import build_image  # noqa: E402
-from builder.firstboot.services import harness_services, test_model  # noqa: E402
-from builder.firstboot.ssh import generate_keypair, ssh_run  # noqa: E402
 from builder.model import load_model  # noqa: E402
+from builder.testbed.boot import booted_guest  # noqa: E402
+from builder.testbed.image import build_image  # noqa: E402
+from builder.testbed.services import harness_services, test_model  # noqa: E402
+from builder.testbed.ssh import generate_keypair, ssh_run  # noqa: E402
 from builder.verify.session import render_seed  # noqa: E402
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from builder.iso import RemasterSpec, remaster  # noqa: E402
-from builder.isofetch import cache_dir  # noqa: E402
-from builder.standin import build_standin_iso  # noqa: E402
+from builder.media.fetch import cache_dir  # noqa: E402
+from builder.media.iso import RemasterSpec, remaster  # noqa: E402
+from builder.testbed.standin_iso import build_standin_iso  # noqa: E402
 
 SEED = {"user-data": b"#cloud-config\nautoinstall:\n  version: 1\n", "meta-data": b"instance-id: bench\n"}
 

@@ -23,14 +23,15 @@ from pathlib import Path
 
 from builder.errors import BuilderError
 from builder.model import Disk, HostModel, Interface
-from builder.outputs import sha256_file, staged_dir, staged_file
 from builder.qemu import detect_accel
+from builder.resources import resource_path
 from builder.run import require_tool, run, run_streaming
+from builder.store import sha256_file, staged_dir, staged_file
 
 log = logging.getLogger("builder.packer")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO_ROOT / "packer" / "prometheus.pkr.hcl"
+
+TEMPLATE = resource_path("packer", "prometheus.pkr.hcl")
 PLUGINS_FILE = "plugins.pkr.hcl"  # current Packer only; see packer/plugins.pkr.hcl.example
 PACKER_ENV = {"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
 SCSI_SERIAL_MAX = 36  # QEMU scsi-hd limit; the template attaches both disks as SCSI disks

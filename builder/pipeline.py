@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.outputs import sha256_file, staged_file
+from builder.store import sha256_file, staged_file
 
 STAGES = ("validate", "render", "iso", "pxe", "packer", "verify")
 SKIPPABLE = ("pxe", "packer", "verify")

@@ -77,7 +77,7 @@ def firstboot_image():
     reason = firstboot_missing()
     if reason:
         pytest.skip(reason)
-    from builder.firstboot.image import build_image
+    from builder.testbed.image import build_image
 
     return build_image()
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.isofetch import cache_dir
-from builder.outputs import sha256_file
-from builder.standin import cached_standin_iso
+from builder.media.fetch import cache_dir
+from builder.store import sha256_file
+from builder.testbed.standin_iso import cached_standin_iso
 
 TOOLS = ("packer", "qemu-system-x86_64", "qemu-img", "xorriso", "grub-mknetdir")
 pytestmark = [

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from builder.cli import main
-from builder.firstboot.image import STANDIN_NAME, build_image, default_inputs
+from builder.testbed.image import STANDIN_NAME, build_image, default_inputs
 
 pytestmark = pytest.mark.vm
 

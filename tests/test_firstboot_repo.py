@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.firstboot.aptrepo import build_repos
-from builder.firstboot.gpgkeys import make_key
-from builder.serve import serving
+from builder.media.serve import serving
+from builder.testbed.aptrepo import build_repos
+from builder.testbed.gpgkeys import make_key
 
 TOOLS = ("gpg", "gpgv", "dpkg-deb", "apt-ftparchive", "apt-get")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from builder.firstboot.ssh import ssh_run
 from builder.model import load_model
+from builder.testbed.ssh import ssh_run
 
 pytestmark = pytest.mark.vm
 

@@ -17,9 +17,9 @@ import pytest
 
 from builder.cli import main
 from builder.errors import BuilderError
-from builder.iso import RemasterSpec, extract, grub_cfg, grub_quote, list_files, remaster, update_md5sums
-from builder.isofetch import cache_dir
-from builder.standin import cached_standin_iso
+from builder.media.fetch import cache_dir
+from builder.media.iso import RemasterSpec, extract, grub_cfg, grub_quote, list_files, remaster, update_md5sums
+from builder.testbed.standin_iso import cached_standin_iso
 
 pytestmark = pytest.mark.skipif(
     shutil.which("xorriso") is None, reason="xorriso not installed (apt-get install xorriso)"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
-from builder.isofetch import cache_dir
+from builder.media.fetch import cache_dir
 from builder.qemu import Drive, VmSpec
-from builder.standin import cached_standin_iso
-from builder.standin_console import parse_console
+from builder.testbed.console import parse_console
+from builder.testbed.standin_iso import cached_standin_iso
 from tests.vmboot import boot_all
 
 pytestmark = [

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuilderError
-from builder.isofetch import IsoSource, acquire_base, parse_sha256sums
-from builder.serve import serving
+from builder.media.fetch import IsoSource, acquire_base, parse_sha256sums
+from builder.media.serve import serving
 
 NAME = "ubuntu-24.04.3-live-server-amd64.iso"
 DATA = os.urandom(3 << 20)

@@ -21,11 +21,11 @@ import pytest
 import requests
 
 from builder.cli import main
-from builder.isofetch import cache_dir
+from builder.media.fetch import cache_dir
+from builder.media.serve import serving
 from builder.qemu import Nic, VmSpec
-from builder.serve import serving
-from builder.standin import cached_standin_iso
-from builder.standin_console import parse_console
+from builder.testbed.console import parse_console
+from builder.testbed.standin_iso import cached_standin_iso
 from tests.vmboot import boot_all
 
 needs_tools = pytest.mark.skipif(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from builder.errors import BuilderError
-from builder.firstboot.boot import wait_milestones
 from builder.qemu import RunningVm, VmSpec
+from builder.testbed.boot import wait_milestones
 
 
 def _vm(tmp_path: Path, seconds: float) -> RunningVm:

@@ -14,8 +14,8 @@ from passlib.hash import sha512_crypt
 
 from builder.cli import main
 from builder.model import load_model
-from builder.render import SEED_FILES, render_host
-from builder.validate import cloud_init_check, netplan_check, schema_check
+from builder.seed.render import SEED_FILES, render_host
+from builder.seed.validate import cloud_init_check, netplan_check, schema_check
 from tests.conftest import default_model_data
 
 SECRET = "correct-horse-battery-staple-4711"

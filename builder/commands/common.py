@@ -8,8 +8,8 @@ from pathlib import Path
 
 from builder.errors import ProblemsError
 from builder.model import HostModel, load_model_with_warnings
-from builder.render import render_host
-from builder.validate import find_schema_dir, validate_rendered
+from builder.seed.render import render_host
+from builder.seed.validate import find_schema_dir, validate_rendered
 
 DEFAULT_OUT = Path("artifacts")
 

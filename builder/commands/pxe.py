@@ -6,14 +6,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from builder.artifacts import source_date_epoch, write_seed
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
 from builder.commands.iso import add_base_args, autoinstall_seed, resolve_base
-from builder.iso import check_base, list_files
-from builder.pxe import DEFAULT_HTTP_PORT, PxeSpec, build_bundle, update_manifest
-from builder.serve import make_server
+from builder.media.iso import check_base, list_files
+from builder.media.pxe import DEFAULT_HTTP_PORT, PxeSpec, build_bundle, update_manifest
+from builder.media.serve import make_server
+from builder.seed.artifacts import source_date_epoch, write_seed
 
-log = logging.getLogger("builder.serve")
+log = logging.getLogger("builder.media.serve")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

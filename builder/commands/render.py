@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from builder.artifacts import write_seed
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
+from builder.seed.artifacts import write_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -30,7 +30,7 @@ def register_image(group: argparse._SubParsersAction) -> None:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from builder.firstboot.image import build_image, export_image
+    from builder.testbed.image import build_image, export_image
 
     image = build_image(force=args.rebuild)
     out = export_image(image, args.out)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.outputs import staged_dir
+from builder.store import staged_dir
 from builder.verify.core import CheckResult
 
 MARK = {"pass": "PASS", "fail": "FAIL", "n/a": "N/A "}

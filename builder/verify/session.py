@@ -32,8 +32,8 @@ SEED_FILES = ("user-data", "meta-data", "network-config")
 @dataclass
 class Session:
     model: Any  # the model as the test guest sees it (harness URLs, NFS server, extra key)
-    access: Any  # builder.firstboot.ssh.GuestAccess
-    services: Any  # builder.firstboot.services.HarnessServices
+    access: Any  # builder.testbed.ssh.GuestAccess
+    services: Any  # builder.testbed.services.HarnessServices
     extra_key: str
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -57,7 +57,7 @@ class Session:
 
 def image_from_file(path: Path) -> Any:
     """A stand-in image given as FILE, with FILE-stem.vmlinuz / .initrd beside it (`standin image`)."""
-    from builder.firstboot.image import KERNEL_APPEND, StandinImage
+    from builder.testbed.image import KERNEL_APPEND, StandinImage
 
     path = Path(path)
     kernel, initrd = path.with_name(path.stem + ".vmlinuz"), path.with_name(path.stem + ".initrd")
@@ -123,7 +123,7 @@ def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Pa
 
 def render_seed(model: Any, dest: Path) -> Path:
     """Render the model's first-boot seed (user-data, meta-data, network-config) into `dest`, 0600."""
-    from builder.render import render_host
+    from builder.seed.render import render_host
 
     files = render_host(model)
     dest.mkdir(parents=True, exist_ok=True)
@@ -138,10 +138,10 @@ def guest_session(
     model: Any, workdir: Path, *, seed: Path | None = None, image: Path | None = None, keep: bool = False,
     boot_timeout: float | None = None,
 ) -> Iterator[Session]:
-    from builder.firstboot.boot import booted_guest
-    from builder.firstboot.image import build_image
-    from builder.firstboot.services import harness_services, test_model
-    from builder.firstboot.ssh import generate_keypair
+    from builder.testbed.boot import booted_guest
+    from builder.testbed.image import build_image
+    from builder.testbed.services import harness_services, test_model
+    from builder.testbed.ssh import generate_keypair
 
     t0 = time.monotonic()
     timings: dict[str, float] = {}

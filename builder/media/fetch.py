@@ -20,10 +20,10 @@ import requests
 
 from builder.errors import BuilderError
 from builder.model import HostModel
-from builder.outputs import sha256_file
 from builder.run import require_tool, run
+from builder.store import sha256_file
 
-log = logging.getLogger("builder.isofetch")
+log = logging.getLogger("builder.media.fetch")
 CHUNK = 1 << 20
 
 

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.firstboot.gpgkeys import archive_key, cache_root
-from builder.outputs import staged_dir
 from builder.run import require_tool, run
+from builder.store import staged_dir
+from builder.testbed.gpgkeys import archive_key, cache_root
 
-log = logging.getLogger("builder.firstboot.image")
+log = logging.getLogger("builder.testbed.image")
 
 FORMAT_VERSION = 3  # bump when the build steps change in a way the inputs below don't show
 STANDIN_NAME = "STANDIN-debian-bookworm-firstboot"

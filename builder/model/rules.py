@@ -7,10 +7,10 @@ import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from builder.typedparse import Collector
+from builder.model.typedparse import Collector
 
 if TYPE_CHECKING:
-    from builder.model import HostModel
+    from builder.model.schema import HostModel
 
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")

@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.iso import extract, grub_quote, list_files
-from builder.outputs import staged_dir
+from builder.media.iso import extract, grub_quote, list_files
 from builder.run import require_tool, run
+from builder.store import staged_dir
 
-log = logging.getLogger("builder.pxe")
+log = logging.getLogger("builder.media.pxe")
 GRUB_PLATFORMS = {"i386-pc": "core.0", "x86_64-efi": "core.efi"}
 DEFAULT_HTTP_PORT = 8080
 

@@ -15,14 +15,14 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.outputs import staged_file
+from builder.resources import resource
 from builder.run import require_tool, run
+from builder.store import staged_file
 
-log = logging.getLogger("builder.standin")
+log = logging.getLogger("builder.testbed.standin_iso")
 
 STANDIN_VOLID = "STANDIN Ubuntu-Server amd64"
 STANDIN_MARKER = "STANDIN"
@@ -62,7 +62,7 @@ class KernelTree:
 
 
 def data_file(name: str) -> bytes:
-    return resources.files("builder").joinpath("data", "standin", name).read_bytes()
+    return resource("testbed", "standin-iso", name).read_bytes()
 
 
 def kernel_deb(cache: Path) -> Path:

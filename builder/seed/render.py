@@ -17,7 +17,7 @@ from passlib.hash import sha512_crypt
 from builder import __version__
 from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
-from builder.templating import environment, render_template
+from builder.seed.templating import environment, render_template
 
 MANAGED = "Managed by builder (prometheus host model); do not edit by hand."
 KEYRING_DIR = "/etc/apt/keyrings"

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.firstboot.image import StandinImage
-from builder.firstboot.nfs import free_port
-from builder.firstboot.services import GuestFwd
-from builder.firstboot.ssh import GuestAccess, ServiceControl, wait_for_ssh
 from builder.model import HostModel
 from builder.qemu import Drive, Nic, RunningVm, VmSpec, start_vm
 from builder.run import require_tool, run
+from builder.testbed.image import StandinImage
+from builder.testbed.nfs import free_port
+from builder.testbed.services import GuestFwd
+from builder.testbed.ssh import GuestAccess, ServiceControl, wait_for_ssh
 
-log = logging.getLogger("builder.firstboot.boot")
+log = logging.getLogger("builder.testbed.boot")
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 # TCG on 2 cores: 1-3 min alone; measured 9-10 min with 3 other TCG guests on the machine.

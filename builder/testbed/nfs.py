@@ -19,7 +19,7 @@ from pathlib import Path
 from builder.errors import BuilderError
 from builder.run import require_tool, stop_process_group
 
-log = logging.getLogger("builder.firstboot.nfs")
+log = logging.getLogger("builder.testbed.nfs")
 
 SHARES = ("appdata", "datasets", "managed-media", "shared-media")
 

@@ -4,16 +4,15 @@ that emits JSON (`j`) or YAML from a real dumper (`yaml`), so quoting and indent
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
 from builder.errors import BuilderError
+from builder.resources import resource_path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_DIRS = (REPO_ROOT, Path(__file__).resolve().parent / "data")
+TEMPLATE_FOLDERS = ("autoinstall", "cloud-init")  # template names start with their folder: "cloud-init/…"
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -46,9 +45,10 @@ def to_yaml(value: Any) -> str:
 
 
 def environment() -> jinja2.Environment:
-    roots = [str(p) for p in TEMPLATE_DIRS if p.exists()]
+    loader = jinja2.PrefixLoader(
+        {name: jinja2.FileSystemLoader(str(resource_path(name))) for name in TEMPLATE_FOLDERS}, delimiter="/")
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(roots),
+        loader=loader,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -65,7 +65,7 @@ def render_template(env: jinja2.Environment, name: str, context: dict[str, Any])
         return env.get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
         raise BuilderError(
-            f"template not found: {exc.name}", hint=f"searched {', '.join(map(str, TEMPLATE_DIRS))}"
+            f"template not found: {exc.name}", hint=f"searched the package data folders {', '.join(TEMPLATE_FOLDERS)}"
         ) from None
     except jinja2.TemplateError as exc:
         raise BuilderError(f"template {name}: {exc}") from None

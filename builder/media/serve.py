@@ -18,7 +18,7 @@ from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-log = logging.getLogger("builder.serve")
+log = logging.getLogger("builder.media.serve")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import jsonschema
 
 from builder.errors import BuilderError, Problem
+from builder.model.yamlsrc import Source, dotted, load_yaml
 from builder.run import run
-from builder.yamlsrc import Source, dotted, load_yaml
 
 SCHEMAS = {
     "autoinstall": "autoinstall-schema.json",

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Literal
-
-from builder.errors import ProblemsError
-from builder.typedparse import Collector, build_dataclass, is_missing
-from builder.yamlsrc import Source, load_yaml_file
 
 
 @dataclass(frozen=True)
@@ -261,39 +256,3 @@ class HostModel:
     @property
     def mgmt(self) -> Interface:
         return self.network.interfaces["mgmt"]
-
-
-def default_model_path() -> Path:
-    """The embedded default model: hosts/prometheus.yaml beside the package (or packaged data)."""
-    repo_copy = Path(__file__).resolve().parent.parent / "hosts" / "prometheus.yaml"
-    if repo_copy.exists():
-        return repo_copy
-    return Path(str(resources.files("builder") / "data" / "hosts" / "prometheus.yaml"))
-
-
-def parse_model(src: Source, source_path: Path) -> tuple[HostModel, list]:
-    """Typed parse + semantic rules. Returns the model and warnings; raises with all errors."""
-    from builder.model_rules import check_model  # rules need the classes above
-
-    c = Collector(src)
-    if src.data is None:
-        c.add((), "the file is empty; expected a host model mapping (see hosts/prometheus.yaml)")
-        raise ProblemsError(c.problems)
-    model = build_dataclass(HostModel, src.data, (), c)
-    if is_missing(model):
-        raise ProblemsError(c.problems)
-    object.__setattr__(model, "source_path", source_path)
-    check_model(model, c)
-    if c.errors:
-        raise ProblemsError(c.problems)
-    return model, [p for p in c.problems if p.severity == "warning"]
-
-
-def load_model_with_warnings(path: Path | None = None) -> tuple[HostModel, list]:
-    path = Path(path) if path else default_model_path()
-    src = load_yaml_file(path)
-    return parse_model(src, path.resolve())
-
-
-def load_model(path: Path | None = None) -> HostModel:
-    return load_model_with_warnings(path)[0]

@@ -15,11 +15,11 @@ import os
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
-from importlib import resources
 from pathlib import Path
 
-from builder.firstboot.gpgkeys import SigningKey
+from builder.resources import resource
 from builder.run import require_tool, run
+from builder.testbed.gpgkeys import SigningKey
 
 UBUNTU_SUITES = ("noble", "noble-updates", "noble-security", "noble-backports")
 # Debian-style suites too, in case cloud-init's Debian sources template is used on the stand-in.
@@ -75,7 +75,7 @@ class RepoLayout:
 
 
 def _data(name: str) -> str:
-    return resources.files("builder.data").joinpath(f"firstboot/debs/{name}").read_text()
+    return resource("testbed", "stub-debs", name).read_text()
 
 
 def build_deb(pkg: StubPackage, version: str, out_dir: Path, work: Path, sde: int) -> Path:

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.outputs import sha256_file, staged_file
 from builder.run import require_tool, run
-from builder.standin import STANDIN_MARKER
+from builder.store import sha256_file, staged_file
+from builder.testbed.standin_iso import STANDIN_MARKER
 
-log = logging.getLogger("builder.iso")
+log = logging.getLogger("builder.media.iso")
 
 SEED_DIR = "/nocloud"
 SEED_FILES = ("meta-data", "user-data")

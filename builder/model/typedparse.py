@@ -13,7 +13,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from builder.errors import Problem
-from builder.yamlsrc import PathKey, Source, dotted
+from builder.model.yamlsrc import PathKey, Source, dotted
 
 _MISSING = object()
 

@@ -12,9 +12,8 @@ from typing import Any
 
 from builder import __version__
 from builder.model import HostModel
-from builder.render import SECRET_FILES
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from builder.resources import resource_path
+from builder.seed.render import SECRET_FILES
 
 
 def source_date_epoch(model: HostModel) -> int:
@@ -24,8 +23,9 @@ def source_date_epoch(model: HostModel) -> int:
 
 
 def _display_path(path: Path) -> str:
+    """The embedded model and its keys as `hosts/…` (the same on every machine), others absolute."""
     try:
-        return str(path.resolve().relative_to(REPO_ROOT))
+        return "hosts/" + str(path.resolve().relative_to(resource_path("hosts").resolve()))
     except ValueError:
         return str(path.resolve())
 

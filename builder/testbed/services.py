@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
-from builder.firstboot.aptrepo import RepoLayout, build_repos
-from builder.firstboot.gpgkeys import SigningKey, archive_key, cache_root, make_key
-from builder.firstboot.nfs import GaneshaServer, nfs_server
+from builder.media.serve import serving
 from builder.model import HostModel
-from builder.serve import serving
+from builder.testbed.aptrepo import RepoLayout, build_repos
+from builder.testbed.gpgkeys import SigningKey, archive_key, cache_root, make_key
+from builder.testbed.nfs import GaneshaServer, nfs_server
 
-log = logging.getLogger("builder.firstboot.services")
+log = logging.getLogger("builder.testbed.services")
 
 HTTP_GUEST_PORT = 80
 NFS_GUEST_PORT = 2049
@@ -87,7 +87,7 @@ class GuestFwd:
 @dataclass
 class HarnessServices:
     guest_ip: str
-    http: ThreadingHTTPServer  # builder.serve: the signed APT repositories
+    http: ThreadingHTTPServer  # builder.media.serve: the signed APT repositories
     nfs: GaneshaServer
     docker_key: SigningKey
     nvidia_key: SigningKey

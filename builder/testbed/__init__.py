@@ -1,5 +1,5 @@
 """First-boot verification infrastructure: stand-in image, harness services, QEMU boot, SSH access."""
 
-from builder.firstboot.ssh import GuestAccess, ssh_run
+from builder.testbed.ssh import GuestAccess, ssh_run
 
 __all__ = ["GuestAccess", "ssh_run"]

@@ -1,0 +1,1 @@
+"""Package data (see builder/resources.py); no code."""
