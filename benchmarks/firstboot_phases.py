@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from builder.model import load_model  # noqa: E402
 from builder.testbed.boot import booted_guest  # noqa: E402
 from builder.testbed.image import build_image  # noqa: E402
-from builder.testbed.services import harness_services, test_model  # noqa: E402
-from builder.testbed.ssh import generate_keypair, ssh_run  # noqa: E402
+from builder.testbed.services import harness_model, harness_services  # noqa: E402
 from builder.verify.session import render_seed  # noqa: E402
+from builder.verify.ssh import generate_keypair, ssh_run  # noqa: E402
 
 
 def main() -> int:
@@ -51,7 +51,7 @@ def main() -> int:
         identity, pub = generate_keypair(work / "ssh")
         services = stack.enter_context(harness_services(model, work / "services"))
         t = mark("services (NFS + APT repo)", t)
-        seed = render_seed(test_model(model, services, pub), work / "seed")
+        seed = render_seed(harness_model(model, services, pub), work / "seed")
         t = mark("render test seed", t)
         access = stack.enter_context(booted_guest(
             model, seed, image, work / "vm", identity_file=identity, guestfwds=services.guestfwds(),

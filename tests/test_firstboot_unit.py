@@ -15,7 +15,7 @@ from builder.qemu import qemu_command
 from builder.testbed.boot import NetPlan, build_seed_iso, nics_for, vm_spec
 from builder.testbed.image import StandinImage, make_ext4_image
 from builder.testbed.services import GuestFwd, service_address
-from builder.testbed.ssh import GuestAccess, ssh_command
+from builder.verify.ssh import GuestAccess, ssh_command
 
 
 def _need(*tools: str) -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from builder.model import load_model
-from builder.testbed.ssh import ssh_run
+from builder.verify.ssh import ssh_run
 
 pytestmark = pytest.mark.vm
 

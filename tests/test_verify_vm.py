@@ -55,7 +55,7 @@ def assert_pass(results: dict[str, CheckResult]) -> None:
 
 
 def wait_ssh(session) -> None:  # noqa: ANN001
-    from builder.testbed.ssh import wait_for_ssh
+    from builder.verify.ssh import wait_for_ssh
 
     wait_for_ssh(session.access, timeout=90)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
 from builder.errors import BuilderError
 from builder.media.fetch import IsoSource, acquire_base, cache_dir, check_given_base
-from builder.media.iso import RemasterSpec, check_base, extract, list_files, remaster, write_outputs
+from builder.media.iso import STANDIN_MARKER, RemasterSpec, check_base, extract, list_files, remaster, write_outputs
 from builder.model import HostModel
 from builder.seed.artifacts import source_date_epoch, write_seed
-from builder.testbed.standin_iso import STANDIN_MARKER, build_standin_iso
+from builder.testbed.standin_iso import build_standin_iso
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,10 +22,10 @@ from pathlib import Path
 from builder.errors import BuilderError
 from builder.run import require_tool, run
 from builder.store import sha256_file, staged_file
-from builder.testbed.standin_iso import STANDIN_MARKER
 
 log = logging.getLogger("builder.media.iso")
 
+STANDIN_MARKER = "STANDIN"  # in .disk/info of test stand-in ISOs: refused unless --allow-standin
 SEED_DIR = "/nocloud"
 SEED_FILES = ("meta-data", "user-data")
 DATASOURCE_ARG = "ds=nocloud;s=/cdrom/nocloud/"

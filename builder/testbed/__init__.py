@@ -1,5 +1,6 @@
-"""First-boot verification infrastructure: stand-in image, harness services, QEMU boot, SSH access."""
+"""The test bed: test doubles the product reaches only through its stand-in targets.
 
-from builder.testbed.ssh import GuestAccess, ssh_run
-
-__all__ = ["GuestAccess", "ssh_run"]
+stand-in ISO and installer initrd (standin_iso), stand-in installed system (image), the harness
+services the guest talks to (Atlas NFS, signed APT repositories with stub packages), the QEMU boot
+of a stand-in guest (boot) and the serial console reader (console). Never installable.
+"""

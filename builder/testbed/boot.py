@@ -28,7 +28,7 @@ from builder.run import require_tool, run
 from builder.testbed.image import StandinImage
 from builder.testbed.nfs import free_port
 from builder.testbed.services import GuestFwd
-from builder.testbed.ssh import GuestAccess, ServiceControl, wait_for_ssh
+from builder.verify.ssh import GuestAccess, ServiceControl, wait_for_ssh
 
 log = logging.getLogger("builder.testbed.boot")
 

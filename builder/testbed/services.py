@@ -2,7 +2,7 @@
 
 `harness_services(model, workdir)` starts the Atlas NFS stand-in (nfs-ganesha) and a signed local
 APT repository served by a small HTTP server thread. The guest sees both at one address inside its
-SERVERS network (QEMU `guestfwd`, port 80 for HTTP and 2049 for NFS). `test_model()` returns the
+SERVERS network (QEMU `guestfwd`, port 80 for HTTP and 2049 for NFS). `harness_model()` returns the
 model with only the repository URLs and keys, the NFS server and one extra (ephemeral) admin key
 changed — everything else is the model as written.
 """
@@ -102,7 +102,7 @@ class HarnessServices:
         return f"http://{self.guest_ip}"
 
 
-def test_model(model: HostModel, services: HarnessServices, extra_ssh_key: str | None = None) -> HostModel:
+def harness_model(model: HostModel, services: HarnessServices, extra_ssh_key: str | None = None) -> HostModel:
     """The model as the test guest must see it: repo URLs/keys and NFS server point at the harness."""
     lay = RepoLayout()
     base = services.base_url

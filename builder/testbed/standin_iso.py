@@ -25,7 +25,7 @@ from builder.store import staged_file
 log = logging.getLogger("builder.testbed.standin_iso")
 
 STANDIN_VOLID = "STANDIN Ubuntu-Server amd64"
-STANDIN_MARKER = "STANDIN"
+
 STANDIN_INFO = (
     'Ubuntu-Server 24.04 LTS "Noble Numbat" - STANDIN built from Debian packages, NOT INSTALLABLE\n'
 )

@@ -81,7 +81,7 @@ class LocalHost(Host):
 
 
 class SshHost(Host):
-    """The machine under test over SSH as the admin user (MGMT), built on builder.testbed.ssh.
+    """The machine under test over SSH as the admin user (MGMT), built on builder.verify.ssh.
 
     By default one multiplexed connection (ControlMaster) carries every command: a check run costs
     one key exchange instead of ~90, which matters on a TCG guest. `runner` replaces the transport
@@ -96,11 +96,11 @@ class SshHost(Host):
             self._control = tempfile.mkdtemp(prefix="vssh-")
             runner = self._mux_run
         elif runner is None:
-            from builder.testbed.ssh import ssh_run as runner
+            from builder.verify.ssh import ssh_run as runner
         self._runner = runner
 
     def _mux_run(self, access: Any, cmd: str, timeout: float) -> Any:
-        from builder.testbed.ssh import ssh_command
+        from builder.verify.ssh import ssh_command
 
         argv = ssh_command(access, cmd)
         argv[1:1] = ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control}/%C",

@@ -32,7 +32,7 @@ SEED_FILES = ("user-data", "meta-data", "network-config")
 @dataclass
 class Session:
     model: Any  # the model as the test guest sees it (harness URLs, NFS server, extra key)
-    access: Any  # builder.testbed.ssh.GuestAccess
+    access: Any  # builder.verify.ssh.GuestAccess
     services: Any  # builder.testbed.services.HarnessServices
     extra_key: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -90,7 +90,7 @@ def seed_source(seed: Path) -> Path:
     return src
 
 
-def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Path) -> Path:
+def adapt_seed(seed: Path, model: Any, harness_model: Any, extra_key: str, dest: Path) -> Path:
     """Copy a given seed folder for the test boot. Only the test overrides change: repository URLs
     and keys, the NFS server, and the harness' login key added to the admin user."""
     src = seed_source(seed)
@@ -100,14 +100,14 @@ def adapt_seed(seed: Path, model: Any, test_model: Any, extra_key: str, dest: Pa
         raise BuilderError(f"{src / 'user-data'} is not a #cloud-config mapping")
     swaps: list[tuple[str, str]] = []
     for name in ("docker", "nvidia"):
-        old, new = getattr(model.apt, name), getattr(test_model.apt, name)
+        old, new = getattr(model.apt, name), getattr(harness_model.apt, name)
         swaps.append((old.url, new.url))
         old_key = model.resolve(old.key_file).read_text().strip()
         new_key = Path(new.key_file).read_text().strip()
         swaps.append((old_key, new_key))
     for attr in ("ubuntu_security_mirror", "ubuntu_mirror"):
-        swaps.append((getattr(model.apt, attr) or "", getattr(test_model.apt, attr) or ""))
-    swaps.append((f"{model.nfs.server}:", f"{test_model.nfs.server}:"))
+        swaps.append((getattr(model.apt, attr) or "", getattr(harness_model.apt, attr) or ""))
+    swaps.append((f"{model.nfs.server}:", f"{harness_model.nfs.server}:"))
     data = _replace_strings(data, swaps)
     admin = model.users[0].name
     for user in data.get("users") or []:
@@ -140,8 +140,8 @@ def guest_session(
 ) -> Iterator[Session]:
     from builder.testbed.boot import booted_guest
     from builder.testbed.image import build_image
-    from builder.testbed.services import harness_services, test_model
-    from builder.testbed.ssh import generate_keypair
+    from builder.testbed.services import harness_model, harness_services
+    from builder.verify.ssh import generate_keypair
 
     t0 = time.monotonic()
     timings: dict[str, float] = {}
@@ -149,7 +149,7 @@ def guest_session(
     timings["image_ready"] = round(time.monotonic() - t0, 1)
     key, pub = generate_keypair(workdir / "ssh")
     with harness_services(model, workdir / "services") as svc:
-        tmodel = test_model(model, svc, extra_ssh_key=pub)
+        tmodel = harness_model(model, svc, extra_ssh_key=pub)
         seed_dir = workdir / "seed"
         shutil.rmtree(seed_dir, ignore_errors=True)
         if seed:
