@@ -51,9 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    from builder.commands.common import reset_warnings
-
-    reset_warnings()  # one invocation prints each model warning once, however many stages load it
     try:
         return int(args.func(args) or 0)
     except BuilderError as exc:

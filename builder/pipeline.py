@@ -1,104 +1,301 @@
-"""`builder build`: validate → render → iso → pxe → packer → verify, then a summary of every artifact.
+"""The pipeline: one build context, one entry function per stage, `builder build` over all of them.
 
-Each stage is the very subcommand a user would run (same parser, same handler), so `builder build`
-cannot drift from the single commands. The first failing stage stops the pipeline; the summary
-still lists every stage (ok / failed / not run / skipped) and every file under `<out>/<host>/` with
-its SHA-256, and is also written to `<out>/<host>/build-summary.json`.
+`make_context` loads the model once, renders the seed once and validates it once; every stage takes
+that context and returns a typed result. `builder <stage>` makes a context and calls one stage;
+`builder build` makes one context and calls them all, in order, stopping at the first failure. The
+stage table and build-summary.json are written on every path, failures included.
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import os
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.errors import BuilderError
-from builder.store import sha256_file, staged_file
+from builder import settings
+from builder.errors import BuilderError, Problem, ProblemsError
+from builder.model import HostModel, load_model_with_warnings
+from builder.seed.render import render_host
+from builder.seed.validate import Step, find_schema_dir, validate_rendered
+from builder.summary import StageResult  # noqa: F401  (re-exported for commands)
+
+if TYPE_CHECKING:
+    from builder.media.iso import RemasterResult
+    from builder.packer import PackerResult
+    from builder.verify.report import Report
 
 STAGES = ("validate", "render", "iso", "pxe", "packer", "verify")
 SKIPPABLE = ("pxe", "packer", "verify")
-COLLAPSE_OVER = 20  # files in one folder before the terminal table shows the folder as one row
 DEMO_HINT = ("for a demo without the Ubuntu ISO: `builder standin iso --out standin.iso` and then "
              "`builder build --base standin.iso --allow-standin`")
 
 
 @dataclass(frozen=True)
-class BuildOptions:
-    host: Path | None
+class BuildContext:
+    """Everything the stages share, made once per invocation. Paths are absolute."""
+
+    model: HostModel
+    warnings: tuple[Problem, ...]
+    seed: dict[str, bytes]  # rendered seed files, keyed by path under <out>/<host>/
+    validation: tuple[Step, ...]
     out: Path
-    base: Path | None
-    allow_standin: bool = False
-    schema_dir: Path | None = None
+    source_date_epoch: int
+
+    @property
+    def hostname(self) -> str:
+        return self.model.host.hostname
+
+    @property
+    def host_dir(self) -> Path:
+        return self.out / self.hostname
+
+    @property
+    def manifest(self) -> Path:
+        return self.host_dir / "manifest.json"
+
+    @property
+    def iso_path(self) -> Path:
+        return self.host_dir / f"{self.hostname}-autoinstall.iso"
+
+    def autoinstall_seed(self) -> dict[str, bytes]:
+        return {name: self.seed[f"autoinstall/{name}"] for name in ("user-data", "meta-data")}
+
+
+def make_context(host: Path | None, out: Path, schema_dir: Path | None = None, *, tools: bool = False,
+                 say: Callable[[str], None] | None = None) -> BuildContext:
+    """Check the environment, load the model, render and validate the seed: all problems at once."""
+    settings.check_environment()
+    model, warnings = load_model_with_warnings(host)
+    for w in warnings:
+        (say or _stderr)(f"builder: {w}")
+    files = render_host(model)
+    steps = validate_rendered(files, find_schema_dir(schema_dir), tools=tools)
+    failed = [s for s in steps if s.status == "failed"]
+    if failed:
+        raise ProblemsError([Problem(s.name, None, "", s.detail) for s in failed], what="rendered seed")
+    return BuildContext(model, tuple(warnings), files, tuple(steps), Path(out).absolute(),
+                        settings.source_date_epoch(model.host.source_date_epoch))
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    host_dir: Path
+    files: tuple[Path, ...]
+
+
+def stage_validate(ctx: BuildContext) -> tuple[Step, ...]:
+    """The model and the rendered seed were checked when the context was made; report the steps."""
+    return ctx.validation
+
+
+def stage_render(ctx: BuildContext) -> RenderResult:
+    from builder.seed.artifacts import write_seed
+
+    host_dir = write_seed(ctx.model, ctx.seed, ctx.out)
+    return RenderResult(host_dir, tuple(host_dir / name for name in sorted(ctx.seed)))
+
+
+@dataclass(frozen=True)
+class BaseIso:
+    """Where the Ubuntu live-server ISO comes from (the same options for `iso`, `pxe` and `build`)."""
+
+    path: Path | None = None  # None: download the model's ISO into the cache
     keyring: Path | None = None
+    allow_standin: bool = False
     no_pin_check: bool = False
-    skip: tuple[str, ...] = ()
-    accel: str | None = None
-    packer_timeout: float | None = None
 
 
 @dataclass(frozen=True)
-class StageResult:
-    name: str
-    status: str  # ok | failed | skipped | not run
-    seconds: float = 0.0
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Artifact:
-    path: str  # relative to the output folder
-    size: int
+class IsoResult:
+    iso: Path
     sha256: str
+    remaster: RemasterResult
 
 
-def stage_argv(name: str, opts: BuildOptions, hostname: str) -> list[str]:
-    """The subcommand line the stage runs (what a user would type)."""
-    common = ["--host", str(opts.host)] if opts.host else []
-    out = ["--out", str(opts.out)]
-    schema = ["--schema-dir", str(opts.schema_dir)] if opts.schema_dir else []
-    base = ["--base", str(opts.base)] if opts.base else []
-    base += ["--allow-standin"] if opts.allow_standin else []
-    base += ["--keyring", str(opts.keyring)] if opts.keyring else []
-    base += ["--no-pin-check"] if opts.no_pin_check else []
+def stage_iso(ctx: BuildContext, base: BaseIso, *, replace: bool = False) -> IsoResult:
+    from builder.media.iso import RemasterSpec, remaster, write_outputs
+    from builder.media.source import resolve_base
+    from builder.seed.artifacts import write_seed
+
+    out = ctx.iso_path
+    if out.exists():
+        if not replace:
+            raise BuilderError(f"output file already exists: {out}", hint="remove it (and its .sha256) first")
+        for p in (out, out.with_name(out.name + ".sha256")):
+            p.unlink(missing_ok=True)  # the remaster is reproducible: same inputs, same bytes
+    src = resolve_base(ctx.model, base)
+    write_seed(ctx.model, ctx.seed, ctx.out)
+    spec = RemasterSpec(ctx.hostname, ctx.source_date_epoch, tuple(ctx.model.os.kernel_cmdline),
+                        ctx.autoinstall_seed())
+    result = remaster(src.path, out, spec, allow_standin=base.allow_standin)
+    digest = write_outputs(result, ctx.manifest, src.name, src.sha256)
+    return IsoResult(out, digest, result)
+
+
+@dataclass(frozen=True)
+class PxeOptions:
+    server: str | None = None
+    http_port: int = 8080
+    iso_url: str | None = None
+
+
+def stage_pxe(ctx: BuildContext, base: BaseIso, opts: PxeOptions) -> Path:
+    from builder.media.iso import check_base, list_files
+    from builder.media.pxe import PxeSpec, build_bundle, update_manifest
+    from builder.media.source import extract_info, resolve_base
+    from builder.seed.artifacts import write_seed
+
+    src = resolve_base(ctx.model, base)
+    check_base(list_files(src.path), extract_info(src.path), src.path, base.allow_standin)
+    host_dir = write_seed(ctx.model, ctx.seed, ctx.out)
+    spec = PxeSpec(ctx.hostname, ctx.source_date_epoch, tuple(ctx.model.os.kernel_cmdline), ctx.autoinstall_seed(),
+                   server=opts.server, http_port=opts.http_port, iso_url=opts.iso_url)
+    bundle = build_bundle(src.path, host_dir / "pxe", spec)
+    update_manifest(ctx.manifest, bundle, src.path, src.sha256)
+    return bundle
+
+
+@dataclass(frozen=True)
+class PackerOptions:
+    template: Path | None = None  # None: the shipped packer/prometheus.pkr.hcl
+    accel: str | None = None
+    timeout: float = 7200.0
+    iso: Path | None = None  # None: the ISO the iso stage wrote
+    validate_only: bool = False
+
+
+def stage_packer(ctx: BuildContext, opts: PackerOptions) -> PackerResult | None:
+    """Write the variables, validate, build. None for validate_only."""
+    import tempfile
+
+    from builder.packer import TEMPLATE, packer_build, packer_validate, write_pkrvars
+
+    iso = (opts.iso or ctx.iso_path).absolute()
+    template = (opts.template or TEMPLATE).absolute()
+    if not iso.is_file():
+        raise BuilderError(f"ISO not found: {iso}", hint="build it with `builder iso --base ISO` (or pass --iso FILE)")
+    varfile = write_pkrvars(ctx.model, iso, ctx.out)
+    if opts.validate_only:
+        with tempfile.TemporaryDirectory(prefix="builder-packer-validate-") as tmp:
+            # an earlier build's output folder would make `packer validate` fail: point it elsewhere
+            packer_validate(varfile, template, {"output_directory": f"{tmp}/images"})
+        return None
+    return packer_build(ctx.model, varfile, template=template, out_root=ctx.out, accel=opts.accel,
+                        timeout=opts.timeout)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    seed: Path | None = None  # a seed folder to verify as given (else the context's seed)
+    image: Path | None = None  # an existing stand-in image
+    keep: bool = False
+    only: tuple[str, ...] | None = None
+    boot_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    report: Report
+    report_dir: Path
+
+
+def stage_verify(ctx: BuildContext, opts: VerifyOptions,
+                 on_result: Callable[..., None] | None = None) -> VerifyResult:
+    """Boot the stand-in with the seed (as rendered, with only the test overrides) and run the catalog."""
+    import contextlib
+    import shutil
+    import tempfile
+
+    from builder.seed.artifacts import write_seed
+    from builder.verify.report import write_report
+    from builder.verify.session import guest_session, image_from_file, seed_source, verify_session
+
+    started = time.monotonic()
+    if opts.seed:  # bad inputs fail before anything is created under --out
+        seed_source(opts.seed.absolute())
+    if opts.image:
+        image_from_file(opts.image.absolute())
+    host_dir = ctx.host_dir
+    seed = opts.seed.absolute() if opts.seed else write_seed(ctx.model, ctx.seed, ctx.out)
+    if opts.keep:
+        work = host_dir / "verify-work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    else:
+        host_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".verify-work-", dir=host_dir))
+    try:
+        _stderr(f"builder: booting {ctx.hostname} (stand-in, TCG: 1-3 min)...")
+        with guest_session(ctx.model, work, seed=seed, image=opts.image.absolute() if opts.image else None,
+                           keep=opts.keep, boot_timeout=opts.boot_timeout) as session:
+            _stderr(f"builder: guest up {session.timings}; running checks")
+            report = verify_session(session, only=list(opts.only) if opts.only else None, on_result=on_result,
+                                    started=started)
+            out = write_report(report, host_dir / "verify", serial_log=Path(session.access.serial_log))
+    finally:
+        if not opts.keep:
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                host_dir.rmdir()  # only if the failed run left it empty
+    return VerifyResult(report, out)
+
+
+# --- builder build --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    base: BaseIso
+    skip: tuple[str, ...] = ()
+    packer: PackerOptions = PackerOptions()
+    pxe: PxeOptions = PxeOptions()
+    verify: VerifyOptions = VerifyOptions()
+
+
+def _run_stage(name: str, ctx: BuildContext, opts: BuildOptions, say: Callable[[str], None]) -> tuple[int, str]:
+    """Run one stage; returns (exit code, one-line detail)."""
     if name == "validate":
-        return ["validate", *common, *schema]
+        for s in stage_validate(ctx):
+            say(f"  {s.name}: {s.status}")
+        return 0, ""
     if name == "render":
-        return ["render", *common, *out, *schema]
-    if name in ("iso", "pxe"):
-        return [name, *common, *out, *schema, *base]
+        res = stage_render(ctx)
+        say(f"  wrote {len(res.files)} seed files and manifest.json in {res.host_dir}")
+        return 0, ""
+    if name == "iso":
+        iso = stage_iso(ctx, opts.base, replace=True)
+        say(f"  wrote {iso.iso} (sha256 {iso.sha256})")
+        return 0, ""
+    if name == "pxe":
+        say(f"  wrote {stage_pxe(ctx, opts.base, opts.pxe)}/")
+        return 0, ""
     if name == "packer":
-        extra = ["--accel", opts.accel] if opts.accel else []
-        extra += ["--packer-timeout", str(opts.packer_timeout)] if opts.packer_timeout else []
-        return ["packer", *common, *out, *extra]
+        result = stage_packer(ctx, opts.packer)
+        if result is not None and not result.ok:
+            return result.returncode or 2, f"packer build failed with exit code {result.returncode}"
+        return 0, ""
     if name == "verify":
-        # The verify stage renders the same model again (deterministic, so the same seed as the render
-        # stage) with its test overrides; `builder verify --seed DIR` checks a hand-edited seed instead.
-        return ["verify", *common, *out]
+        from builder.verify.report import render_table
+
+        vr = stage_verify(ctx, opts.verify)
+        say(render_table(vr.report))
+        failed = [r for r in vr.report.results if r.status == "fail"]
+        return (0, "") if vr.report.ok else (1, f"{len(failed)} check(s) failed; report in {vr.report_dir}")
     raise ValueError(name)
 
 
-def prepare(name: str, opts: BuildOptions, hostname: str) -> None:
-    """Make a stage re-runnable: the remaster refuses to overwrite, so drop the previous ISO."""
-    if name == "iso":
-        iso = opts.out / hostname / f"{hostname}-autoinstall.iso"
-        for p in (iso, iso.with_name(iso.name + ".sha256")):
-            if p.exists():
-                print(f"builder: replacing {p} (the remaster is reproducible)")
-                p.unlink()
-
-
-def run_stage(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    args = parser.parse_args(list(argv))
-    return int(args.func(args) or 0)
-
-
-def run_pipeline(opts: BuildOptions, hostname: str, parser: argparse.ArgumentParser,
-                 say: Callable[[str], None] = print) -> list[StageResult]:
+def run_build(ctx: BuildContext, opts: BuildOptions, say: Callable[[str], None] = print) -> list[StageResult]:
+    """Every stage in order over one context; the first failure stops the rest (listed as 'not run')."""
     results: list[StageResult] = []
     stopped = False
     for i, name in enumerate(STAGES, 1):
@@ -108,102 +305,20 @@ def run_pipeline(opts: BuildOptions, hostname: str, parser: argparse.ArgumentPar
         if name in opts.skip:
             results.append(StageResult(name, "skipped", detail="--skip " + name))
             continue
-        argv = stage_argv(name, opts, hostname)
-        say(f"\n=== [{i}/{len(STAGES)}] {name}: builder {' '.join(argv)}")
+        say(f"\n=== [{i}/{len(STAGES)}] {name}")
         started = time.monotonic()
         try:
-            prepare(name, opts, hostname)
-            rc = run_stage(parser, argv)
-            detail = "" if rc == 0 else f"exit code {rc}"
+            code, detail = _run_stage(name, ctx, opts, say)
         except BuilderError as exc:
-            if name == "iso" and opts.base is None:
+            if name == "iso" and opts.base.path is None:
                 exc = BuilderError(exc.message, hint="; ".join(h for h in (exc.hint, DEMO_HINT) if h))
             say(f"builder: error: {exc}")
-            rc, detail = 2, exc.message.splitlines()[0]
+            code, detail = 2, exc.message.splitlines()[0]
+        except OSError as exc:
+            msg = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            say(f"builder: error: {msg}")
+            code, detail = 2, msg
         seconds = time.monotonic() - started
-        results.append(StageResult(name, "ok" if rc == 0 else "failed", seconds, detail))
-        stopped = rc != 0
+        results.append(StageResult(name, "ok" if code == 0 else "failed", seconds, detail, code))
+        stopped = code != 0
     return results
-
-
-def collect_artifacts(out: Path, hostname: str) -> list[Artifact]:
-    """Every file under out/<host>/ (staging folders, starting with '.', excluded), sorted."""
-    root = out / hostname
-    seen: dict[tuple[int, int, int, int], str] = {}  # hard links (PXE's ISO copy) are hashed once
-    arts = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            st = p.stat()
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key not in seen:
-                seen[key] = sha256_file(p)
-            arts.append(Artifact(str(p.relative_to(out)), st.st_size, seen[key]))
-    return arts
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
-def summary_text(results: list[StageResult], arts: list[Artifact]) -> str:
-    lines = ["", "Stages:"]
-    for r in results:
-        took = f"{r.seconds:6.1f}s" if r.status in ("ok", "failed") else " " * 7
-        lines.append(f"  {r.name:<9} {r.status:<8} {took}  {r.detail}".rstrip())
-    rows = table_rows(arts)
-    lines += ["", f"Artifacts (SHA-256; {len(arts)} files, each listed in build-summary.json):"]
-    width = max((len(a.path) for a in rows), default=10)
-    for a in rows:
-        lines.append(f"  {a.sha256}  {a.path:<{width}}  {_size(a.size):>10}")
-    if not rows:
-        lines.append("  (none)")
-    return "\n".join(lines)
-
-
-def table_rows(arts: list[Artifact], max_per_dir: int = COLLAPSE_OVER) -> list[Artifact]:
-    """Folders holding many files (GRUB's module folders in the PXE bundle) become one row whose
-    SHA-256 is that of their `sha256sum`-style listing, so the table stays readable."""
-    by_dir: dict[str, list[Artifact]] = {}
-    for a in arts:
-        by_dir.setdefault(a.path.rsplit("/", 1)[0], []).append(a)
-    rows = []
-    for a in arts:
-        folder = a.path.rsplit("/", 1)[0]
-        group = by_dir[folder]
-        if len(group) <= max_per_dir:
-            rows.append(a)
-        elif a is group[0]:
-            listing = "".join(f"{g.sha256}  {g.path.rsplit('/', 1)[1]}\n" for g in group).encode()
-            rows.append(Artifact(f"{folder}/ ({len(group)} files)", sum(g.size for g in group),
-                                 hashlib.sha256(listing).hexdigest()))
-    return rows
-
-
-def write_summary(out: Path, hostname: str, results: list[StageResult], arts: list[Artifact]) -> Path:
-    target = out / hostname / "build-summary.json"
-    data = {
-        "host": hostname,
-        "stages": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 1), "detail": r.detail}
-                   for r in results],
-        "artifacts": [{"path": a.path, "size": a.size, "sha256": a.sha256} for a in arts],
-    }
-    with staged_file(target, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return target
-
-
-def exit_code(results: list[StageResult]) -> int:
-    failed = [r for r in results if r.status == "failed"]
-    if not failed:
-        return 0
-    first = failed[0]
-    code = first.detail.removeprefix("exit code ")
-    return int(code) if code.isdigit() else 2

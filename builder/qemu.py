@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import re
 import shlex
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pexpect
 
+from builder import settings
 from builder.errors import BuilderError
 from builder.run import require_tool, stop_process_group
 
@@ -71,8 +71,8 @@ class VmSpec:
 @functools.cache
 def detect_accel() -> str:
     """'kvm' only if /dev/kvm exists and a probe boot works; the override wins. Default: tcg."""
-    forced = os.environ.get("BUILDER_ACCEL")
-    if forced in ("tcg", "kvm"):
+    forced = settings.env_choice("BUILDER_ACCEL", ("tcg", "kvm"))
+    if forced:
         return forced
     # A nested hypervisor here exposes /dev/kvm but cannot boot Linux (FIELD-NOTES). Only trust KVM
     # when the user asks for it; TCG always works.

@@ -67,3 +67,26 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_text_atomic(final: Path, text: str, mode: int = 0o644) -> None:
+    """Replace `final` with `text` in one rename (the one atomic-write helper for small files)."""
+    with staged_file(final, overwrite=True) as tmp:
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+
+
+def update_manifest(manifest: Path, section: str, data: dict) -> None:
+    """Set one stage's section of manifest.json (the render stage writes the file; iso and pxe add theirs)."""
+    import json
+
+    try:
+        current = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        current = {}
+    except json.JSONDecodeError as exc:
+        from builder.errors import BuilderError
+
+        raise BuilderError(f"{manifest}: not valid JSON ({exc})", hint="run `builder render` again") from None
+    current[section] = data
+    write_text_atomic(manifest, json.dumps(current, indent=2, sort_keys=True) + "\n")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from builder.cli import build_parser, main
-from builder.pipeline import STAGES, BuildOptions, StageResult, exit_code, stage_argv
+from builder.summary import StageResult, exit_code
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "verify.yml"
@@ -18,21 +18,62 @@ WORKFLOW = REPO / ".github" / "workflows" / "verify.yml"
 SYSTEM_COMMANDS = {"echo", "tee", "sudo", "test", "mkdir", "ls", "cat", "udevadm"}
 
 
-def test_every_stage_is_an_existing_subcommand_with_valid_options(tmp_path: Path) -> None:
-    parser = build_parser()
-    opts = BuildOptions(host=tmp_path / "h.yaml", out=tmp_path / "out", base=tmp_path / "b.iso", allow_standin=True,
-                        schema_dir=tmp_path / "s", keyring=tmp_path / "k", no_pin_check=True, accel="tcg",
-                        packer_timeout=60.0)
-    for name in STAGES:
-        argv = stage_argv(name, opts, "prometheus")
-        args = parser.parse_args(argv)  # SystemExit (test error) on an unknown option
-        assert args.command == name and callable(args.func)
-    verify = parser.parse_args(stage_argv("verify", opts, "prometheus"))
-    assert verify.out == tmp_path / "out" and verify.host == tmp_path / "h.yaml"
+def test_build_loads_the_model_once_and_renders_once(
+    write_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One build context for every stage: the model is loaded and the seed rendered exactly once."""
+    import builder.pipeline as pipeline
+
+    calls = {"load": 0, "render": 0}
+    real_load, real_render = pipeline.load_model_with_warnings, pipeline.render_host
+
+    def counting_load(*a, **k):  # type: ignore[no-untyped-def]
+        calls["load"] += 1
+        return real_load(*a, **k)
+
+    def counting_render(*a, **k):  # type: ignore[no-untyped-def]
+        calls["render"] += 1
+        return real_render(*a, **k)
+
+    monkeypatch.setattr(pipeline, "load_model_with_warnings", counting_load)
+    monkeypatch.setattr(pipeline, "render_host", counting_render)
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "not-an-iso.iso"
+    base.write_bytes(b"x" * 4096)
+    out = tmp_path / "out"
+    rc = main(["build", "--out", str(out), "--base", str(base), "--no-pin-check", "--skip", "packer",
+               "--skip", "verify"])
+    assert rc == 2  # the iso stage refuses a file that is no ISO, after validate and render ran
+    assert calls == {"load": 1, "render": 1}
+    table = capsys.readouterr().out.split("Stages:")[1]
+    assert " validate  ok" in table and " render    ok" in table and " iso       failed" in table
+    assert (out / "prometheus" / "first-boot" / "user-data").is_file()
+    assert (out / "prometheus" / "build-summary.json").is_file()
+
+
+def test_build_with_a_read_only_out_still_prints_the_stage_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    if os.geteuid() == 0:
+        # root ignores directory permissions: make --out a path under a regular file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        out = blocker / "out"
+    else:
+        out = tmp_path / "ro"
+        out.mkdir(mode=0o555)
+    rc = main(["build", "--out", str(out), "--skip", "pxe", "--skip", "packer", "--skip", "verify"])
+    captured = capsys.readouterr()
+    assert rc == 2
+    table = captured.out.split("Stages:")[1]
+    assert " validate  ok" in table and " render    failed" in table and " iso       not run" in table
+    assert "Traceback" not in captured.err + captured.out
 
 
 def test_summary_table_collapses_big_folders_but_json_keeps_every_file() -> None:
-    from builder.pipeline import Artifact, summary_text, table_rows
+    from builder.summary import Artifact, summary_text, table_rows
 
     arts = [Artifact("h/h.iso", 10, "a" * 64)] + [Artifact(f"h/pxe/mods/m{i:02}.mod", 1, f"{i:064}")
                                                  for i in range(30)]
@@ -46,8 +87,10 @@ def test_summary_table_collapses_big_folders_but_json_keeps_every_file() -> None
 def test_exit_code_is_the_first_failure() -> None:
     ok = StageResult("validate", "ok")
     assert exit_code([ok, StageResult("verify", "skipped")]) == 0
-    assert exit_code([ok, StageResult("packer", "failed", detail="exit code 1")]) == 1
-    assert exit_code([ok, StageResult("iso", "failed", detail="cannot download")]) == 2
+    assert exit_code([ok, StageResult("verify", "failed", detail="3 check(s) failed", code=1)]) == 1
+    assert exit_code([ok, StageResult("packer", "failed", detail="packer build failed", code=3),
+                      StageResult("verify", "failed", code=1)]) == 3
+    assert exit_code([ok, StageResult("iso", "failed", detail="cannot download", code=2)]) == 2
 
 
 def _closed_port() -> int:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host
-from builder.commands.iso import add_base_args
-from builder.pipeline import (
-    SKIPPABLE,
-    STAGES,
-    BuildOptions,
-    collect_artifacts,
-    exit_code,
-    run_pipeline,
-    summary_text,
-    write_summary,
-)
+from builder.commands.common import add_base_args, add_host_arg, add_out_arg, add_schema_arg, base_iso, context
+from builder.commands.packer import add_packer_args
+from builder.errors import BuilderError
+from builder.pipeline import SKIPPABLE, STAGES, BuildOptions, PackerOptions, StageResult, run_build
+from builder.summary import collect_artifacts, exit_code, summary_text, write_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,23 +23,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_base_args(p)  # the same --base/--keyring/--allow-standin/--no-pin-check as `builder iso`
     p.add_argument("--skip", action="append", default=[], choices=SKIPPABLE,
                    help="leave out a stage (repeatable)")
-    p.add_argument("--accel", choices=("tcg", "kvm"), default=None, help="QEMU accelerator for the Packer boot")
-    p.add_argument("--packer-timeout", type=float, default=None, metavar="SECONDS",
-                   help="give up on `packer build` after this long")
+    add_packer_args(p, template=False)
     p.set_defaults(func=cmd_build)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from builder.cli import build_parser
-
-    model = load_host(args)
-    host = model.host.hostname
-    opts = BuildOptions(host=args.host, out=args.out, base=args.base, allow_standin=args.allow_standin,
-                        schema_dir=args.schema_dir, keyring=args.keyring, no_pin_check=args.no_pin_check,
-                        skip=tuple(args.skip), accel=args.accel, packer_timeout=args.packer_timeout)
-    results = run_pipeline(opts, host, build_parser())
+    opts = BuildOptions(base_iso(args), skip=tuple(args.skip),
+                        packer=PackerOptions(accel=args.accel, timeout=args.packer_timeout))
+    try:
+        ctx = context(args, tools=True)  # the validate stage: model, render and validators, once
+    except BuilderError as exc:
+        results = [StageResult("validate", "failed", 0.0, exc.message.splitlines()[0], 2)]
+        results += [StageResult(s, "not run", detail="an earlier stage failed") for s in STAGES[1:]]
+        print(f"builder: error: {exc}", file=sys.stderr)
+        print(summary_text(results, []))
+        return 2
+    results = run_build(ctx, opts)
     sys.stdout.flush()
-    arts = collect_artifacts(args.out, host)
+    try:
+        arts = collect_artifacts(ctx.out, ctx.hostname)
+    except OSError:
+        arts = []
     print(summary_text(results, arts))
-    print(f"\nsummary: {write_summary(args.out, host, results, arts)}")
+    try:
+        print(f"\nsummary: {write_summary(ctx.out, ctx.hostname, results, arts)}")
+    except OSError as exc:
+        print(f"builder: error: cannot write build-summary.json: {exc.strerror or exc}: {exc.filename or ''}",
+              file=sys.stderr)
+        return exit_code(results) or 2
     return exit_code(results)

@@ -1,15 +1,11 @@
-"""Arguments and steps shared by several subcommands."""
+"""Arguments shared by several subcommands, and the one way a command makes its build context."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from builder.errors import ProblemsError
-from builder.model import HostModel, load_model_with_warnings
-from builder.seed.render import render_host
-from builder.seed.validate import find_schema_dir, validate_rendered
+from builder.pipeline import BaseIso, BuildContext, make_context
 
 DEFAULT_OUT = Path("artifacts")
 
@@ -29,30 +25,43 @@ def add_schema_arg(p: argparse.ArgumentParser) -> None:
                    help="folder with the upstream autoinstall/cloud-init schemas (or $BUILDER_SCHEMA_DIR)")
 
 
-_WARNED: set[str] = set()  # `builder build` loads the model once per stage: warn once
+def add_base_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", type=Path, default=None, metavar="ISO",
+                   help="base ISO file (default: download the model's ISO into the cache)")
+    p.add_argument("--keyring", type=Path, default=None, metavar="FILE",
+                   help="keyring for gpgv to check SHA256SUMS.gpg of a download")
+    p.add_argument("--allow-standin", action="store_true",
+                   help="accept a test stand-in base ISO (tests and demos only)")
+    p.add_argument("--no-pin-check", action="store_true",
+                   help="accept a --base whose sha256 differs from the model's os.iso.sha256")
 
 
-def reset_warnings() -> None:
-    _WARNED.clear()
+def base_iso(args: argparse.Namespace) -> BaseIso:
+    return BaseIso(args.base, args.keyring, args.allow_standin, args.no_pin_check)
 
 
-def load_host(args: argparse.Namespace) -> HostModel:
-    model, warnings = load_model_with_warnings(args.host)
-    for w in warnings:
-        if str(w) not in _WARNED:
-            _WARNED.add(str(w))
-            print(f"builder: {w}", file=sys.stderr)
-    return model
+def context(args: argparse.Namespace, *, tools: bool = False) -> BuildContext:
+    """The build context of this invocation: model loaded, seed rendered and validated, once."""
+    return make_context(args.host, getattr(args, "out", DEFAULT_OUT), getattr(args, "schema_dir", None),
+                        tools=tools)
 
 
-def render_checked(model: HostModel, schema_dir: Path | None, tools: bool) -> tuple[dict[str, bytes], list]:
-    """Render in memory and validate; raise with every schema/tool problem at once."""
-    files = render_host(model)
-    steps = validate_rendered(files, find_schema_dir(schema_dir), tools=tools)
-    failed = [s for s in steps if s.status == "failed"]
-    if failed:
-        from builder.errors import Problem
+def positive(kind: type = float, *, maximum: float | None = None):  # noqa: ANN201 (argparse type factory)
+    """An argparse type: a number > 0 (and <= maximum); argparse reports a bad value with exit code 2."""
 
-        problems = [Problem(s.name, None, "", s.detail) for s in failed]
-        raise ProblemsError(problems, what="rendered seed")
-    return files, steps
+    def parse(text: str):  # noqa: ANN202
+        try:
+            value = kind(text)
+        except ValueError:
+            kind_name = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a {kind_name}, got {text!r}") from None
+        if value <= 0 or (maximum is not None and value > maximum):
+            bound = f" and <= {maximum:g}" if maximum is not None else ""
+            raise argparse.ArgumentTypeError(f"expected a number > 0{bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def port(text: str) -> int:
+    return positive(int, maximum=65535)(text)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
-from builder.errors import BuilderError
-from builder.media.fetch import IsoSource, acquire_base, cache_dir, check_given_base
-from builder.media.iso import STANDIN_MARKER, RemasterSpec, check_base, extract, list_files, remaster, write_outputs
-from builder.model import HostModel
-from builder.seed.artifacts import source_date_epoch, write_seed
-from builder.testbed.standin_iso import build_standin_iso
+from builder import settings
+from builder.commands.common import add_base_args, add_host_arg, add_out_arg, add_schema_arg, base_iso, context
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_iso)
 
 
-
 def register_standin_iso(group: argparse._SubParsersAction) -> None:
     """`builder standin iso` (registered by builder/commands/standin.py)."""
     si = group.add_parser("iso", help="STANDIN base ISO with the Ubuntu live-server layout, from Debian packages")
@@ -33,66 +26,25 @@ def register_standin_iso(group: argparse._SubParsersAction) -> None:
     si.set_defaults(func=cmd_standin_iso)
 
 
-def add_base_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", type=Path, default=None, metavar="ISO",
-                   help="base ISO file (default: download the model's ISO into the cache)")
-    p.add_argument("--keyring", type=Path, default=None, metavar="FILE",
-                   help="keyring for gpgv to check SHA256SUMS.gpg of a download")
-    p.add_argument("--allow-standin", action="store_true",
-                   help="accept a test stand-in base ISO (tests and demos only)")
-    p.add_argument("--no-pin-check", action="store_true",
-                   help="accept a --base whose sha256 differs from the model's os.iso.sha256")
-
-
-def resolve_base(args: argparse.Namespace, model: HostModel) -> tuple[Path, str, str]:
-    """The base ISO path, a display name and its sha256; checks pin and stand-in status."""
-    src = IsoSource.from_model(model)
-    if args.base is None:
-        return acquire_base(src, cache_dir(), args.keyring), src.name, src.sha256
-    base: Path = args.base
-    sha = check_given_base(base, None)
-    if sha != src.sha256 and not args.no_pin_check:
-        info = extract_info(base)
-        if STANDIN_MARKER.encode() not in info:
-            check_given_base(base, src)  # raises with the pin mismatch
-        elif not args.allow_standin:
-            check_base(["/casper/vmlinuz", "/casper/initrd", "/boot/grub/grub.cfg"], info, base, False)
-    return base, base.name, sha
-
-
-def extract_info(iso: Path) -> bytes:
-    import tempfile
-
-    files = list_files(iso)
-    if "/.disk/info" not in files:
-        return b""
-    with tempfile.TemporaryDirectory() as tmp:
-        return extract(iso, ["/.disk/info"], Path(tmp))["/.disk/info"]
-
-
-def autoinstall_seed(files: dict[str, bytes]) -> dict[str, bytes]:
-    return {name: files[f"autoinstall/{name}"] for name in ("user-data", "meta-data")}
-
-
 def cmd_iso(args: argparse.Namespace) -> int:
-    model = load_host(args)
-    host = model.host.hostname
-    out = args.out / host / f"{host}-autoinstall.iso"
-    if out.exists():
-        raise BuilderError(f"output file already exists: {out}", hint="remove it (and its .sha256) first")
-    files, _steps = render_checked(model, args.schema_dir, tools=False)
-    base, base_name, base_sha = resolve_base(args, model)
-    host_dir = write_seed(model, files, args.out)
-    spec = RemasterSpec(host, source_date_epoch(model), tuple(model.os.kernel_cmdline), autoinstall_seed(files))
-    result = remaster(base, out, spec, allow_standin=args.allow_standin)
-    digest = write_outputs(result, host_dir / "manifest.json", base_name, base_sha)
-    print(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB, remaster {result.seconds:.1f}s)")
-    print(f"sha256 {digest}")
+    from builder.pipeline import stage_iso
+
+    result = stage_iso(context(args), base_iso(args))
+    print(f"wrote {result.iso} ({result.iso.stat().st_size / (1 << 20):.1f} MiB, "
+          f"remaster {result.remaster.seconds:.1f}s)")
+    print(f"sha256 {result.sha256}")
     return 0
 
 
 def cmd_standin_iso(args: argparse.Namespace) -> int:
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "1769126400"))
-    out = build_standin_iso(args.out, cache_dir(), epoch, pad_mib=args.pad_mib)
+    from builder.media.fetch import cache_dir
+    from builder.testbed.standin_iso import build_standin_iso
+
+    if args.pad_mib < 0:
+        from builder.errors import BuilderError
+
+        raise BuilderError(f"--pad-mib {args.pad_mib}: expected a number >= 0")
+    epoch = settings.source_date_epoch(1769126400)
+    out = build_standin_iso(args.out.absolute(), cache_dir(), epoch, pad_mib=args.pad_mib)
     print(f"wrote {out} (STAND-IN, not installable; {out.stat().st_size / (1 << 20):.1f} MiB)")
     return 0

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
-from builder.commands.common import add_host_arg, add_out_arg, load_host
-from builder.errors import BuilderError
-from builder.model import HostModel
-from builder.packer import TEMPLATE, PackerResult, packer_build, packer_validate, write_pkrvars
+from builder.commands.common import add_host_arg, add_out_arg, context, positive
+from builder.packer import PackerResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,36 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_packer)
 
 
-def add_packer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--template", type=Path, default=TEMPLATE, metavar="FILE",
-                   help="Packer template (default: packer/prometheus.pkr.hcl)")
+def add_packer_args(p: argparse.ArgumentParser, *, template: bool = True) -> None:
+    if template:
+        p.add_argument("--template", type=Path, default=None, metavar="FILE",
+                       help="Packer template (default: the shipped packer/prometheus.pkr.hcl)")
     p.add_argument("--accel", choices=("tcg", "kvm"), default=None,
                    help="QEMU accelerator (default: the same probe as every other boot; $BUILDER_ACCEL)")
-    p.add_argument("--packer-timeout", type=float, default=7200.0, metavar="SECONDS",
+    p.add_argument("--packer-timeout", type=positive(float), default=7200.0, metavar="SECONDS",
                    help="give up on `packer build` after this long (default: 7200)")
-
-
-def default_iso(model: HostModel, out_root: Path) -> Path:
-    host = model.host.hostname
-    return out_root / host / f"{host}-autoinstall.iso"
-
-
-def run_packer(model: HostModel, iso: Path, args: argparse.Namespace,
-               validate_only: bool = False) -> PackerResult | None:
-    """Write the vars, validate, build. Returns None for --validate-only."""
-    if not iso.is_file():
-        raise BuilderError(f"ISO not found: {iso}",
-                           hint="build it with `builder iso --base ISO` (or pass --iso FILE)")
-    varfile = write_pkrvars(model, iso, args.out)
-    print(f"wrote {varfile}")
-    if validate_only:
-        with tempfile.TemporaryDirectory(prefix="builder-packer-validate-") as tmp:
-            # an earlier build's output folder would make `packer validate` fail: point it elsewhere
-            packer_validate(varfile, args.template, {"output_directory": f"{tmp}/images"})
-        print(f"packer validate {args.template.name}: ok")
-        return None
-    return packer_build(model, varfile, template=args.template, out_root=args.out, accel=args.accel,
-                        timeout=args.packer_timeout)
 
 
 def report_packer(result: PackerResult) -> int:
@@ -65,7 +40,7 @@ def report_packer(result: PackerResult) -> int:
         for log in (result.packer_log, result.serial_log):
             if log:
                 print(f"builder: kept {log}", file=sys.stderr)
-        return result.returncode
+        return result.returncode or 2
     print(f"packer build: ok in {result.seconds:.1f}s")
     for path in (*result.disks, result.serial_log, result.packer_log):
         if path:
@@ -74,7 +49,14 @@ def report_packer(result: PackerResult) -> int:
 
 
 def cmd_packer(args: argparse.Namespace) -> int:
-    model = load_host(args)
-    iso = args.iso or default_iso(model, args.out)
-    result = run_packer(model, iso, args, validate_only=args.validate_only)
-    return 0 if result is None else report_packer(result)
+    from builder.pipeline import PackerOptions, stage_packer
+
+    ctx = context(args)
+    opts = PackerOptions(args.template, args.accel, args.packer_timeout, args.iso, args.validate_only)
+    result = stage_packer(ctx, opts)
+    if result is None:
+        from builder.packer import TEMPLATE
+
+        print(f"packer validate {(args.template or TEMPLATE).name}: ok ({ctx.host_dir / 'packer'})")
+        return 0
+    return report_packer(result)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
-from builder.seed.artifacts import write_seed
+from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, context
+from builder.pipeline import stage_render, stage_validate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,21 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    model = load_host(args)
-    files, steps = render_checked(model, args.schema_dir, tools=False)
-    host_dir = write_seed(model, files, args.out)
-    for s in steps:
+    ctx = context(args)
+    result = stage_render(ctx)
+    for s in ctx.validation:
         print(f"  {s.name}: {s.status}")
-    for name in sorted(files):
-        print(f"wrote {host_dir / name}")
-    print(f"wrote {host_dir / 'manifest.json'}")
+    for path in result.files:
+        print(f"wrote {path}")
+    print(f"wrote {ctx.manifest}")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    model = load_host(args)
-    print(f"host model {model.source_path}: ok")
-    _files, steps = render_checked(model, args.schema_dir, tools=True)
+    ctx = context(args, tools=True)
+    print(f"host model {ctx.model.source_path}: ok")
+    steps = stage_validate(ctx)
     width = max(len(s.name) for s in steps)
     for s in steps:
         note = f"  ({s.detail.splitlines()[0]})" if s.status == "skipped" and s.detail else ""

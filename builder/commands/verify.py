@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from builder.commands.common import add_host_arg, add_out_arg, load_host
+from builder.commands.common import add_host_arg, add_out_arg, context, positive
 from builder.verify.core import CheckResult
-from builder.verify.report import MARK, render_table, write_report
+from builder.verify.report import MARK, render_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep the work folder (seed, serial log, services) under OUT/<host>/verify-work/")
     p.add_argument("--only", action="append", default=None, metavar="PREFIX",
                    help="run only checks whose id starts with PREFIX (repeatable), e.g. --only nfs.")
-    p.add_argument("--boot-timeout", type=float, default=None, metavar="SECONDS",
-                   help="how long to wait for cloud-init and SSH (default: 600)")
+    p.add_argument("--boot-timeout", type=positive(float), default=None, metavar="SECONDS",
+                   help="how long to wait for cloud-init and SSH (default: 900, or $BUILDER_BOOT_TIMEOUT)")
     p.set_defaults(func=cmd_verify)
 
 
@@ -38,35 +35,12 @@ def _progress(r: CheckResult) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from builder.verify.session import guest_session, image_from_file, seed_source, verify_session
+    from builder.pipeline import VerifyOptions, stage_verify
 
-    started = time.monotonic()
-    model = load_host(args)
-    if args.seed:  # bad inputs fail before anything is created under --out
-        seed_source(Path(args.seed))
-    if args.image:
-        image_from_file(Path(args.image))
-    host_dir = Path(args.out) / model.host.hostname
-    if args.keep:
-        work = host_dir / "verify-work"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-    else:
-        host_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".verify-work-", dir=host_dir))
-    try:
-        print(f"builder: booting {model.host.hostname} (stand-in, TCG: 1-3 min)...", file=sys.stderr)
-        with guest_session(model, work, seed=args.seed, image=args.image, keep=args.keep,
-                           boot_timeout=args.boot_timeout) as session:
-            print(f"builder: guest up {session.timings}; running checks", file=sys.stderr)
-            report = verify_session(session, only=args.only, on_result=_progress, started=started)
-            serial = Path(session.access.serial_log)
-            out = write_report(report, host_dir / "verify", serial_log=serial)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                host_dir.rmdir()  # only if the failed run left it empty
-    print(render_table(report, width=shutil.get_terminal_size((120, 20)).columns))
+    opts = VerifyOptions(args.seed, args.image, args.keep, tuple(args.only) if args.only else None,
+                         args.boot_timeout)
+    result = stage_verify(context(args), opts, on_result=_progress)
+    out = result.report_dir
+    print(render_table(result.report, width=shutil.get_terminal_size((120, 20)).columns))
     print(f"report: {out / 'report.json'}, {out / 'junit.xml'}, serial log {out / 'serial.log'}")
-    return 0 if report.ok else 1
+    return 0 if result.report.ok else 1

@@ -10,7 +10,6 @@ Same inputs ⇒ same bytes: dates come from SOURCE_DATE_EPOCH, owners and modes 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from builder.errors import BuilderError
 from builder.run import require_tool, run
-from builder.store import sha256_file, staged_file
+from builder.store import sha256_file, staged_file, update_manifest
 
 log = logging.getLogger("builder.media.iso")
 
@@ -240,13 +239,10 @@ def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_s
     digest = sha256_file(result.iso)
     with staged_file(result.iso.with_name(result.iso.name + ".sha256"), overwrite=True) as tmp:
         tmp.write_text(f"{digest}  {result.iso.name}\n")
-    data = json.loads(manifest.read_text()) if manifest.exists() else {}
-    data["iso"] = {
+    update_manifest(manifest, "iso", {
         "file": result.iso.name,
         "sha256": digest,
         "base": {"name": base_name, "sha256": base_sha256},
         "xorriso": {"version": result.xorriso_version, "options": list(result.xorriso_options)},
-    }
-    with staged_file(manifest, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    })
     return digest

@@ -17,7 +17,6 @@ The HTTP server defaults to "the machine that answered TFTP" (`${next-server}` i
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builder import store
 from builder.errors import BuilderError
 from builder.media.iso import extract, grub_quote, list_files
 from builder.run import require_tool, run
@@ -147,8 +147,4 @@ def build_bundle(iso: Path, out_dir: Path, spec: PxeSpec) -> Path:
 
 
 def update_manifest(manifest: Path, bundle: Path, iso: Path, iso_sha256: str) -> None:
-    data = json.loads(manifest.read_text()) if manifest.exists() else {}
-    data["pxe"] = {"dir": bundle.name, "iso": {"name": iso.name, "sha256": iso_sha256}}
-    tmp = manifest.with_name(f".{manifest.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, manifest)
+    store.update_manifest(manifest, "pxe", {"dir": bundle.name, "iso": {"name": iso.name, "sha256": iso_sha256}})

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from builder import __version__
+from builder import __version__, settings
 from builder.model import HostModel
 from builder.resources import resource_path
 from builder.seed.render import SECRET_FILES
@@ -18,8 +18,7 @@ from builder.seed.render import SECRET_FILES
 
 def source_date_epoch(model: HostModel) -> int:
     """SOURCE_DATE_EPOCH from the environment, else the model's fixed value."""
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    return int(env) if env and env.isdigit() else model.host.source_date_epoch
+    return settings.source_date_epoch(model.host.source_date_epoch)
 
 
 def _display_path(path: Path) -> str:

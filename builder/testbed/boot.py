@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shutil
 import time
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import settings
 from builder.errors import BuilderError
 from builder.model import HostModel
 from builder.qemu import Drive, Nic, RunningVm, VmSpec, start_vm
@@ -34,7 +34,7 @@ log = logging.getLogger("builder.testbed.boot")
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 # TCG on 2 cores: 1-3 min alone; measured 9-10 min with 3 other TCG guests on the machine.
-DEFAULT_TIMEOUT = float(os.environ.get("BUILDER_BOOT_TIMEOUT", "900"))
+DEFAULT_TIMEOUT = 900.0  # $BUILDER_BOOT_TIMEOUT overrides (read through builder.settings)
 # Milestones on the serial console, in the order they normally appear.
 LOGIN_RE = re.compile(r"^\S+ login: ", re.M)
 # cloud-init's own line, or the rendered user-data's final_message ("... first boot finished: ...").
@@ -134,10 +134,13 @@ def booted_guest(
     identity_file: Path,
     guestfwds: tuple[GuestFwd, ...] = (),
     nfs: ServiceControl | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = None,
     keep: bool = False,
 ) -> Iterator[GuestAccess]:
     """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess."""
+    if timeout is None:
+        timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT)
+        assert timeout is not None
     workdir.mkdir(parents=True, exist_ok=True)
     sde = model.host.source_date_epoch
     seed_iso = build_seed_iso(seed_dir, workdir / "seed-cidata.iso", sde)

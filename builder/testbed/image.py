@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from builder import settings
 from builder.errors import BuilderError
 from builder.run import require_tool, run
 from builder.store import staged_dir
@@ -100,7 +101,7 @@ class StandinImage:
 
 
 def default_inputs(source_date_epoch: int | None = None) -> ImageInputs:
-    sde = source_date_epoch or int(os.environ.get("SOURCE_DATE_EPOCH", ImageInputs.source_date_epoch))
+    sde = source_date_epoch or settings.source_date_epoch(ImageInputs.source_date_epoch)
     return ImageInputs(
         mirror=os.environ.get("BUILDER_DEBIAN_MIRROR", DEFAULT_MIRROR),
         security_mirror=os.environ.get("BUILDER_DEBIAN_SECURITY_MIRROR", DEFAULT_SECURITY_MIRROR),
