@@ -177,7 +177,8 @@ def packer_validate(varfile: Path, template: Path = TEMPLATE, overrides: Mapping
     packer = require_tool("packer", "packer")
     if not template.is_file():
         raise BuilderError(f"Packer template not found: {template}", hint="run from a checkout of the project")
-    args = [packer, "validate", f"-var-file={varfile}", *_var_args(overrides or {}), template_target(template)]
+    args: list[str | Path] = [packer, "validate", f"-var-file={varfile}", *_var_args(overrides or {}),
+                              template_target(template)]
     run(args, env=PACKER_ENV, timeout=120)
 
 
@@ -230,7 +231,7 @@ def _build_staged(model: HostModel, varfile: Path, template: Path, paths: Packer
         packer_validate(varfile, template, overrides)
         packer_log = stage / "packer.log"
         env = {**PACKER_ENV, "PACKER_LOG": "1", "PACKER_LOG_PATH": str(packer_log)}
-        args = [require_tool("packer", "packer"), "build", "-color=false", f"-var-file={varfile}",
+        args: list[str | Path] = [require_tool("packer", "packer"), "build", "-color=false", f"-var-file={varfile}",
                 *_var_args(overrides), template_target(template)]
         on_line(f"packer: building {model.host.hostname} from {varfile.name} ({overrides['accelerator']})")
         rc = run_streaming(args, on_line=lambda line: on_line(f"  | {line}"), env=env, timeout=timeout)

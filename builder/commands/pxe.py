@@ -50,7 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server = make_server(args.dir.absolute(), args.bind, args.port)
     except OSError as exc:
         raise BuilderError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
-    host, bound = server.server_address[:2]
+    host, bound = str(server.server_address[0]), server.server_address[1]
     print(f"serving {args.dir} on http://{host}:{bound}/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

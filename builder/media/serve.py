@@ -36,7 +36,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
             with open(self.access_log, "a") as f:
                 f.write(f"{self.log_date_time_string()} {self.address_string()} {format % args}\n")
 
-    def send_head(self):  # type: ignore[no-untyped-def]
+    def send_head(self):
         self._range = None
         path = self.translate_path(self.path)
         if os.path.isdir(path) or "Range" not in self.headers:
@@ -72,7 +72,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
         f.seek(start)
         return f
 
-    def _whole(self, f, size: int):  # type: ignore[no-untyped-def]
+    def _whole(self, f, size: int):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
@@ -84,7 +84,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
             self.send_header("Accept-Ranges", "bytes")
         super().end_headers()
 
-    def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+    def copyfile(self, source, outputfile) -> None:
         if self._range is None:
             shutil.copyfileobj(source, outputfile, 1 << 20)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.model.typedparse import Collector
@@ -28,6 +29,23 @@ REQUIRED_INTERFACES = {"servers": "services", "mgmt": "management"}
 def check_model(m: HostModel, c: Collector) -> None:
     for rule in (_host, _network, _users, _ssh, _storage, _nfs, _apt, _docker, _nvidia, _secrets):
         rule(m, c)
+
+
+def _text_file_problem(path: Path, what: str) -> str | None:
+    """Why a file the model names cannot be used as UTF-8 text (None when it can)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return f"{what} not found: {path}"
+    except IsADirectoryError:
+        return f"{what} is a folder, expected a file: {path}"
+    except PermissionError:
+        return f"{what} is not readable: {path}"
+    except OSError as exc:
+        return f"{what} cannot be read: {path} ({exc.strerror or exc})"
+    except UnicodeDecodeError as exc:
+        return f"{what} is not UTF-8 text (byte {exc.start}): {path}"
+    return None
 
 
 def _host(m: HostModel, c: Collector) -> None:
@@ -117,8 +135,8 @@ def _network(m: HostModel, c: Collector) -> None:
         c.add(("network", "default_route"), f"expected one of {sorted(ifaces)}, found {dr!r}")
     elif ifaces[dr].gateway is None and not ifaces[dr].dhcp:
         c.add(("network", "interfaces", dr, "gateway"), "the default-route NIC needs a gateway")
-    for i, ns in enumerate(m.network.nameservers):
-        _addr(ns, ("network", "nameservers", i), c)
+    for k, ns in enumerate(m.network.nameservers):
+        _addr(ns, ("network", "nameservers", k), c)
     srv = ifaces.get("servers")
     if srv and srv.dhcp:
         c.add(("network", "interfaces", "servers", "dhcp"),
@@ -160,8 +178,12 @@ def _users(m: HostModel, c: Collector) -> None:
                   "expected a crypt(3) hash like $6$salt$… (this looks like a plaintext password)")
         if u.password_hash and u.password_file:
             c.add(("users", n, "password_file"), "give either password_hash or password_file, not both")
-        if u.password_file and not m.resolve(u.password_file).is_file():
-            c.add(("users", n, "password_file"), f"secret file not found: {m.resolve(u.password_file)}")
+        if u.password_file:
+            problem = _text_file_problem(m.resolve(u.password_file), "secret file")
+            if problem is None and not m.resolve(u.password_file).read_text(encoding="utf-8").strip():
+                problem = f"secret file is empty: {m.resolve(u.password_file)}"
+            if problem:
+                c.add(("users", n, "password_file"), problem)
 
 
 def _ssh(m: HostModel, c: Collector) -> None:
@@ -254,8 +276,8 @@ def _apt(m: HostModel, c: Collector) -> None:
         if not re.fullmatch(r"[0-9A-F]{40}", fp):
             c.add((*base, "key_fingerprint"), "expected a 40-digit uppercase hex OpenPGP fingerprint")
         path = m.resolve(repo.key_file)
-        if not path.is_file():
-            c.add((*base, "key_file"), f"key file not found: {path}")
+        if (problem := _text_file_problem(path, "key file")) is not None:
+            c.add((*base, "key_file"), problem)
         elif b"-----BEGIN PGP PUBLIC KEY BLOCK-----" not in path.read_bytes():
             c.add((*base, "key_file"), f"{path} is not an ASCII-armored OpenPGP public key")
     for fld in ("ubuntu_mirror", "ubuntu_security_mirror"):

@@ -34,7 +34,7 @@ class Step:
 
 
 def find_schema_dir(explicit: Path | None = None) -> Path | None:
-    """--schema-dir, else $BUILDER_SCHEMA_DIR, else ../shared/schemas beside the checkout."""
+    """--schema-dir, else $BUILDER_SCHEMA_DIR, else ../shared/schemas beside a lab checkout (its CI)."""
     for cand in (explicit, os.environ.get("BUILDER_SCHEMA_DIR")):
         if cand:
             path = Path(cand)
@@ -44,12 +44,31 @@ def find_schema_dir(explicit: Path | None = None) -> Path | None:
                     hint="point --schema-dir or BUILDER_SCHEMA_DIR at a folder with the upstream schemas",
                 )
             return path
-    sibling = Path(__file__).resolve().parent.parent.parent / "shared" / "schemas"
+    sibling = Path(__file__).resolve().parents[3] / "shared" / "schemas"
     return sibling if (sibling / SCHEMAS["autoinstall"]).is_file() else None
 
 
-def _load_schema(schema_dir: Path, key: str) -> dict[str, Any]:
-    return json.loads((schema_dir / SCHEMAS[key]).read_text())
+def schema_files(schema_dir: Path | None) -> dict[str, Path | None]:
+    """Each schema's file: from the schema folder, else subiquity's from the cache that
+    scripts/install-deps fills (pinned by commit and SHA-256), cloud-init's from the installed cloud-init."""
+    from builder.media.fetch import cache_dir
+
+    found: dict[str, Path | None] = {}
+    for key, name in SCHEMAS.items():
+        candidates = [schema_dir / name] if schema_dir else []
+        candidates.append(cache_dir() / "schemas" / name)
+        if key != "autoinstall":
+            candidates += [Path(p) / "cloudinit" / "config" / "schemas" / name for p in _python_paths()]
+        found[key] = next((c for c in candidates if c.is_file()), None)
+    return found
+
+
+def _python_paths() -> list[str]:
+    return ["/usr/lib/python3/dist-packages", "/usr/local/lib/python3/dist-packages"]
+
+
+def _load_schema(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
 
 
 def _schema_problems(schema: dict[str, Any], data: Any, src: Source, prefix: tuple = ()) -> list[Problem]:
@@ -75,22 +94,26 @@ def _unknown_autoinstall_keys(schema: dict[str, Any], data: dict[str, Any], src:
     ]
 
 
-def schema_check(files: dict[str, bytes], schema_dir: Path) -> list[Problem]:
+def schema_check(files: dict[str, bytes], schemas: dict[str, Path]) -> list[Problem]:
+    """Every schema problem of the rendered seed, for the schemas that were found."""
     problems: list[Problem] = []
     srcs = {name: load_yaml(files[name].decode(), name) for name in files}
     auto = srcs["autoinstall/user-data"]
-    auto_schema = _load_schema(schema_dir, "autoinstall")
-    cc_schema = _load_schema(schema_dir, "cloud-config")
     body = auto.data.get("autoinstall") if isinstance(auto.data, dict) else None
     if not isinstance(body, dict):
         return [Problem(auto.file, 1, "autoinstall", "missing top-level 'autoinstall' mapping")]
-    problems += _schema_problems(auto_schema, body, auto, ("autoinstall",))
-    problems += _unknown_autoinstall_keys(auto_schema, body, auto)
-    problems += _schema_problems(cc_schema, body.get("user-data", {}), auto, ("autoinstall", "user-data"))
-    fb = srcs["first-boot/user-data"]
-    problems += _schema_problems(cc_schema, fb.data, fb)
-    net = srcs["first-boot/network-config"]
-    problems += _schema_problems(_load_schema(schema_dir, "network-v2"), net.data, net)
+    if "autoinstall" in schemas:
+        auto_schema = _load_schema(schemas["autoinstall"])
+        problems += _schema_problems(auto_schema, body, auto, ("autoinstall",))
+        problems += _unknown_autoinstall_keys(auto_schema, body, auto)
+    if "cloud-config" in schemas:
+        cc_schema = _load_schema(schemas["cloud-config"])
+        problems += _schema_problems(cc_schema, body.get("user-data", {}), auto, ("autoinstall", "user-data"))
+        fb = srcs["first-boot/user-data"]
+        problems += _schema_problems(cc_schema, fb.data, fb)
+    if "network-v2" in schemas:
+        net = srcs["first-boot/network-config"]
+        problems += _schema_problems(_load_schema(schemas["network-v2"]), net.data, net)
     return problems
 
 
@@ -122,15 +145,29 @@ def netplan_check(network_config: bytes) -> Step:
     return Step("netplan generate", "passed", "")
 
 
+SCHEMA_HINT = {
+    "autoinstall": "run scripts/install-deps with network access (it fetches subiquity's pinned schema), "
+                   "or give --schema-dir",
+    "cloud-config": "install cloud-init (apt-get install cloud-init), or give --schema-dir",
+    "network-v2": "give --schema-dir with cloud-init's schema-network-config-v2.json",
+}
+
+
 def validate_rendered(files: dict[str, bytes], schema_dir: Path | None, tools: bool = True) -> list[Step]:
-    """Run every validator; schema problems are collected into one failed step each."""
+    """Run every validator; schema problems are collected into one failed step. A schema that is
+    not available is a skipped step that names it."""
     steps: list[Step] = []
-    if schema_dir is None:
-        steps.append(Step("upstream schemas", "skipped", "no schema folder (use --schema-dir or BUILDER_SCHEMA_DIR)"))
-    else:
-        problems = schema_check(files, schema_dir)
+    found = schema_files(schema_dir)
+    for key, path in found.items():
+        if path is None:
+            steps.append(Step(f"schema {key}", "skipped", f"no {SCHEMAS[key]}: {SCHEMA_HINT[key]}"))
+    usable = {k: p for k, p in found.items() if p is not None}
+    if usable:
+        problems = schema_check(files, usable)
         detail = "\n".join(str(p) for p in problems)
-        steps.append(Step("upstream schemas", "failed" if problems else "passed", detail or str(schema_dir)))
+        names = ", ".join(usable)
+        steps.append(Step(f"upstream schemas ({names})", "failed" if problems else "passed",
+                          detail or ", ".join(str(p) for p in usable.values())))
     if tools:
         steps.append(cloud_init_check(files["first-boot/user-data"]))
         steps.append(netplan_check(files["first-boot/network-config"]))

@@ -89,7 +89,7 @@ def kernel_deb(cache: Path) -> Path:
         run(["apt-get", "update", "-q"], timeout=900)
     found = sorted(debs.glob("linux-image-*-amd64_*.deb"))
     if not found:
-        raise BuilderError(f"apt-get download {m.group(1)} produced no .deb in {debs}")
+        raise BuilderError(f"apt-get download of the stand-in kernel produced no .deb in {debs}")
     return found[-1]
 
 
@@ -241,7 +241,7 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         esp = work / "efi.img"
         build_esp(tree / "EFI" / "boot" / "bootx64.efi", esp, epoch)
         _set_tree_mtimes(tree, epoch)
-        cmd = [
+        cmd: list[str | Path] = [
             "xorriso", "-as", "mkisofs", "-r", "-V", STANDIN_VOLID, "-o", tmp_out,
             "--modification-date=" + _iso_date(epoch),
             "--grub2-mbr", "/usr/lib/grub/i386-pc/boot_hybrid.img",

@@ -96,8 +96,10 @@ class SshHost(Host):
             self._control = tempfile.mkdtemp(prefix="vssh-")
             runner = self._mux_run
         elif runner is None:
-            from builder.verify.ssh import ssh_run as runner
-        self._runner = runner
+            from builder.verify.ssh import ssh_run
+
+            runner = ssh_run
+        self._runner: Callable[..., Any] = runner
 
     def _mux_run(self, access: Any, cmd: str, timeout: float) -> Any:
         from builder.verify.ssh import ssh_command
