@@ -52,12 +52,13 @@ class HostFacts:
 
 
 def _memory_kib(el: ET.Element | None) -> int:
-    if el is None or not (el.text or "").strip():
+    text = "" if el is None else (el.text or "").strip()
+    if el is None or not text:
         return 0
     unit = (el.get("unit") or "KiB").lower()
     if unit not in UNIT_KIB:
         raise ValueError(f"unknown memory unit {el.get('unit')!r}")
-    return int(int(el.text.strip()) * UNIT_KIB[unit])
+    return int(int(text) * UNIT_KIB[unit])
 
 
 def parse_guest(xml_text: str) -> Guest:
