@@ -204,6 +204,7 @@ class Virtualization:
     cpu_overcommit: bool = False
     memory_overcommit: bool = False
     gpu_passthrough: bool = False
+    memory_reserve_mib: int = 4096  # host memory no guest may take (memory overcommit disabled)
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,11 @@ class Monitoring:
     enabled: bool = False
     node_exporter: bool = True
     dcgm_exporter: bool = False
+    dcgm_exporter_image: str = "nvcr.io/nvidia/k8s/dcgm-exporter:3.3.5-3.4.1-ubuntu22.04"
     alerts: tuple[str, ...] = ()
+    scratch_usage_alert_percent: int = 85  # "Disk pressure on local scratch" fires above this
+    health_interval_seconds: int = 60  # host-health timer period
+    probe_timeout_seconds: int = 5  # an NFS mount or nvidia-smi slower than this counts as down
 
 
 @dataclass(frozen=True)
