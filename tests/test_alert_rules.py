@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from builder.model import HostModel, load_model
-from builder.render import context
 from builder.seed.features import ALERT_FOR, RULES_PATH, alert_rules_text, feature_files
-from builder.templating import environment
+from builder.seed.render import context
+from builder.seed.templating import environment
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool missing: apt-get install prometheus "

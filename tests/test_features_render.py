@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from builder.model import HostModel, load_model
-from builder.render import context
 from builder.seed.features import (
     HEALTH_CONFIG,
     HEALTH_SCRIPT,
@@ -27,7 +26,8 @@ from builder.seed.features import (
     feature_runcmd,
     health_config,
 )
-from builder.templating import environment
+from builder.seed.render import context
+from builder.seed.templating import environment
 
 
 def _model(**mon) -> HostModel:

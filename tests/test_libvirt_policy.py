@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from builder.model import HostModel, load_model
-from builder.render import context
 from builder.seed.features import HOOK_PATH, POLICY_PATH, feature_files, feature_packages, feature_runcmd
-from builder.templating import environment
+from builder.seed.render import context
+from builder.seed.templating import environment
 
 HOST_CPUS = 8
 HOST_MEMORY_KIB = 16 * 1024 * 1024  # 16 GiB; the default model reserves 4096 MiB -> 12 GiB for guests

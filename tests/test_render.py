@@ -30,7 +30,8 @@ def test_render_layout_is_deterministic(tmp_path: Path, schema_dir: Path) -> Non
     assert main(["render", "--out", str(a), "--schema-dir", str(schema_dir)]) == 0
     assert main(["render", "--out", str(b), "--schema-dir", str(schema_dir)]) == 0
     ta, tb = _tree(a), _tree(b)
-    expected = {f"prometheus/{name}" for name in SEED_FILES} | {"prometheus/manifest.json"}
+    expected = {f"prometheus/{name}" for name in SEED_FILES} | {"prometheus/manifest.json",
+                                                                 "prometheus/monitoring/prometheus-host-alerts.yml"}
     assert set(ta) == expected
     assert ta == tb
     assert main(["render", "--out", str(a)]) == 0  # again in place: same bytes
@@ -207,7 +208,7 @@ def test_optional_monitoring_binds_to_servers_only(write_model) -> None:
     ud = yaml.safe_load(render_host(load_model(write_model(data)))["first-boot/user-data"])
     assert "prometheus-node-exporter" in ud["packages"]
     files_by_path = {f["path"]: f["content"] for f in ud["write_files"]}
-    assert 'ARGS="--web.listen-address=10.60.0.50:9100"' in files_by_path["/etc/default/prometheus-node-exporter"]
+    assert '--web.listen-address=10.60.0.50:9100' in files_by_path["/etc/default/prometheus-node-exporter"]
 
 
 def schema_set(schema_dir: Path) -> dict[str, Path]:
@@ -222,7 +223,9 @@ def test_validate_without_any_schema_folder_names_each_skipped_schema(
 
     monkeypatch.delenv("BUILDER_SCHEMA_DIR", raising=False)
     monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(validate, "find_schema_dir", lambda explicit=None: None)
+    import builder.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "find_schema_dir", lambda explicit=None: None)
     monkeypatch.setattr(validate, "_python_paths", lambda: [])
     assert main(["validate"]) == 0
     out = capsys.readouterr().out

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.model.rules_features import check_features, check_seed_policy
 from builder.model.typedparse import Collector
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ REQUIRED_INTERFACES = {"servers": "services", "mgmt": "management"}
 def check_model(m: HostModel, c: Collector) -> None:
     for rule in (_host, _network, _users, _ssh, _storage, _nfs, _apt, _docker, _nvidia, _secrets):
         rule(m, c)
-    from builder.rules_features import check_features, check_seed_policy  # features + seed policy (issue 12)
-
     check_features(m, c)
     check_seed_policy(m, c)
 

@@ -84,11 +84,12 @@ def write_seed(model: HostModel, files: dict[str, bytes], out_root: Path) -> Pat
                           indent=2, sort_keys=True) + "\n"
         (tmp / "manifest.json").write_text(text)
         host_dir.mkdir(parents=True, exist_ok=True)
-        for part in ("autoinstall", "first-boot", "manifest.json"):
+        for part in ("autoinstall", "first-boot", "monitoring", "manifest.json"):
             target = host_dir / part
             if target.is_dir():
                 shutil.rmtree(target)
-            os.replace(tmp / part, target)
+            if (tmp / part).exists():  # monitoring/ only when the model lists alerts
+                os.replace(tmp / part, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return host_dir

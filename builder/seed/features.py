@@ -23,7 +23,7 @@ import jinja2
 
 from builder.errors import BuilderError
 from builder.model import HostModel
-from builder.templating import environment, render_template
+from builder.seed.templating import environment, render_template
 
 FILES = "cloud-init/files"
 HOOK_PATH = "/etc/libvirt/hooks/qemu"

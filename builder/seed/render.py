@@ -17,6 +17,7 @@ from passlib.hash import sha512_crypt
 from builder import __version__
 from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
+from builder.seed.features import alert_rules_text, feature_files, feature_packages, feature_runcmd
 from builder.seed.templating import environment, render_template
 
 MANAGED = "Managed by builder (prometheus host model); do not edit by hand."
@@ -28,6 +29,7 @@ SEED_FILES = (
     "autoinstall/user-data", "autoinstall/meta-data",
     "first-boot/user-data", "first-boot/meta-data", "first-boot/network-config",
 )
+ALERT_RULES_FILE = "monitoring/prometheus-host-alerts.yml"
 SECRET_FILES = {"autoinstall/user-data", "first-boot/user-data"}  # may hold password hashes: mode 0600
 
 
@@ -81,10 +83,7 @@ def _packages(model: HostModel) -> list[Any]:
     tk = model.nvidia.container_toolkit
     if tk.enabled:
         pkgs.append([tk.package, tk.version] if tk.version else tk.package)
-    if model.features.virtualization.enabled:
-        pkgs += ["qemu-system-x86", "libvirt-daemon-system", "libvirt-clients"]
-    if model.features.monitoring.enabled and model.features.monitoring.node_exporter:
-        pkgs.append("prometheus-node-exporter")
+    pkgs += feature_packages(model)
     return pkgs
 
 
@@ -119,11 +118,7 @@ def _files(model: HostModel, env, ctx: dict[str, Any]) -> list[dict[str, str]]:
         {"path": "/etc/apt/preferences.d/90-nvidia-driver-pin", "mode": "0644",
          "content": render_template(env, "cloud-init/files/nvidia-pin.pref.j2", ctx)},
     ]
-    mon = model.features.monitoring
-    if mon.enabled and mon.node_exporter:
-        # Seed: "Services bind only to SERVERS VLAN IPs" - the exporter too.
-        files.append({"path": "/etc/default/prometheus-node-exporter", "mode": "0644",
-                      "content": f"# {MANAGED}\nARGS=\"--web.listen-address={model.servers.ip}:9100\"\n"})
+    files += feature_files(model, env, ctx)
     if model.docker.requires_mounts:
         files.append({"path": "/etc/systemd/system/docker.service.d/10-requires-mounts.conf", "mode": "0644",
                       "content": render_template(env, "cloud-init/files/docker-requires-mounts.conf.j2", ctx)})
@@ -149,6 +144,7 @@ def _runcmd(model: HostModel) -> list[list[str]]:
         cmds.append(["apt-mark", "hold", model.nvidia.driver.package])
     cmds += [
         ["systemctl", "daemon-reload"],
+        *feature_runcmd(model),
         # Ubuntu >= 22.10 listens through ssh.socket, generated from ListenAddress at daemon-reload.
         ["sh", "-c", "if systemctl is-enabled --quiet ssh.socket 2>/dev/null; then systemctl restart ssh.socket; "
                      "else systemctl restart ssh; fi"],
@@ -236,6 +232,9 @@ def render_host(model: HostModel) -> dict[str, bytes]:
         "first-boot/meta-data": render_template(env, "cloud-init/meta-data.yaml.j2", ctx),
         "first-boot/network-config": network_text,
     }
+    if model.features.monitoring.alerts:
+        # for an existing Prometheus to load (also installed on the host when monitoring is enabled)
+        out[ALERT_RULES_FILE] = alert_rules_text(model, env, ctx)
     for name, text in out.items():
         data = _parse_back(name, text)
         if name.endswith("user-data") and not text.startswith("#cloud-config\n"):

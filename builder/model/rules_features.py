@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from builder.typedparse import Collector
+from builder.model.typedparse import Collector
 
 if TYPE_CHECKING:
-    from builder.model import HostModel
+    from builder.model.schema import HostModel
 
 ALERTS = ("gpu-unavailable", "nfs-mounts-unavailable", "scratch-disk-pressure")
 SEED_ALERTS = 'seed: "Alerts (recommended): GPU unavailable, NFS mounts unavailable, Disk pressure on local scratch"'
