@@ -95,6 +95,8 @@ CASES: list[tuple[str, Callable[[dict], None], str, str]] = [
      "storage.scratch.match.serial", "same disk as storage.os_disk"),
     ("storage-glob-overlap", _set("storage.scratch.match", {"id_serial": "Samsung_SSD_870_EVO_1TB_S6PNNX0T000001"}),
      "storage.scratch.match.id_serial", "same disk as storage.os_disk"),
+    ("storage-suffix-overlap", _set("storage.scratch.match", {"serial": "X_S6PNNX0T000001", "bus": "scsi"}),
+     "storage.scratch.match.serial", "same disk as storage.os_disk"),
     ("storage-serial-too-long", _set("storage.os_disk.match.serial", "S6PNNX0T000001S6PNNX0T"),
      "storage.os_disk.match.serial", "20-character"),
     ("storage-serial-no-bus", _set("storage.os_disk.match", {"serial": "S6PNNX0T000001"}),
