@@ -39,6 +39,7 @@ HEADER = "### builder-machine-facts 1"
 SECTIONS = ("firmware", "lsblk", "udev", "ip")
 CAPTURE_HINT = "capture it on the running host with the command in builder/machine.py (README: machine facts)"
 NVME_KNAME = re.compile(r"^nvme\d+n(\d+)$")
+MEMORY_DISK = re.compile(r"^(zram|ram)\d+$")
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,15 @@ def parse_facts(text: str, path: str) -> MachineFacts:
         raise BuilderError(f"{path}: section firmware says {firmware!r}; expected uefi or bios", hint=CAPTURE_HINT)
     lsblk = _json(sec["lsblk"], "lsblk", path)
     udev = parse_udev_db(sec["udev"])
+    if not udev:
+        raise BuilderError(f"{path}: section udev holds no disk records, so the installer's ID_SERIALs are unknown "
+                           "(did `udevadm info --export-db` run?)", hint=CAPTURE_HINT)
     disks: list[DiskFacts] = []
     notes: list[str] = []
     for dev in lsblk.get("blockdevices", []) if isinstance(lsblk, dict) else []:
-        if dev.get("type") != "disk":
-            continue  # loop devices, CD-ROMs
         name = dev.get("kname") or dev.get("name") or ""
+        if dev.get("type") != "disk" or MEMORY_DISK.match(name):
+            continue  # loop devices, CD-ROMs, compressed-RAM swap
         props = udev.get(name)
         if props is None:
             notes.append(f"{name}: no udev record in the facts; only its kernel name and size are known")

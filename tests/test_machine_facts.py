@@ -141,5 +141,8 @@ def test_bad_facts_files_are_clear_errors(tmp_path: Path, capsys) -> None:
         parse_facts("### builder-machine-facts 1\n### firmware\nuefi\n", "y.facts")
     with pytest.raises(BuilderError, match="lsblk is not JSON"):
         parse_facts("### builder-machine-facts 1\n### firmware\nuefi\n### lsblk\n{\n### udev\n### ip\n[]\n", "z")
+    no_udev = (MACHINES / "workstation.facts").read_text().split("### udev")[0] + "### udev\n### ip\n[]\n"
+    with pytest.raises(BuilderError, match="udev holds no disk records"):
+        parse_facts(no_udev, "w.facts")
     code, _out, err = _validate(None, tmp_path / "missing.facts", capsys)
     assert code == 2 and "not found" in err
