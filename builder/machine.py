@@ -37,7 +37,14 @@ if TYPE_CHECKING:
 
 HEADER = "### builder-machine-facts 1"
 SECTIONS = ("firmware", "lsblk", "udev", "ip")
-CAPTURE_HINT = "capture it on the running host with the command in builder/machine.py (README: machine facts)"
+# The same command as in the module docstring, on one line (for hints and the README).
+CAPTURE_COMMAND = (
+    "{ echo '### builder-machine-facts 1'; echo '### firmware'; "
+    "if [ -d /sys/firmware/efi ]; then echo uefi; else echo bios; fi; "
+    "echo '### lsblk'; lsblk --json -O -b; echo '### udev'; udevadm info --export-db; "
+    "echo '### ip'; ip -j link; } > prometheus.facts"
+)
+CAPTURE_HINT = f"capture the facts on the running host (no root needed): {CAPTURE_COMMAND}"
 NVME_KNAME = re.compile(r"^nvme\d+n(\d+)$")
 MEMORY_DISK = re.compile(r"^(zram|ram)\d+$")
 
@@ -226,6 +233,9 @@ def _near_misses(m: HostModel, key: str, facts: MachineFacts) -> str:
     """A hint when a disk carries the modelled identifier but in another shape (wrong bus, SATA WWN)."""
     dm = getattr(m.storage, key).match
     for d in facts.disks:
+        if dm.serial and dm.serial == d.props.get("ID_SCSI_SERIAL") and dm.serial not in d.id_serial:
+            return (f" {d.path} has serial {dm.serial}, but behind its controller udev builds ID_SERIAL "
+                    f"{d.id_serial!r} without it: name it by id_serial (or wwn).")
         if dm.serial and dm.serial in (d.id_serial_short, d.id_serial) and d.bus:
             bus = {"ata": "sata", "sata": "sata", "nvme": "nvme", "virtio": "virtio", "scsi": "scsi"}.get(d.bus)
             if bus and bus != dm.bus:

@@ -146,3 +146,30 @@ def test_bad_facts_files_are_clear_errors(tmp_path: Path, capsys) -> None:
         parse_facts(no_udev, "w.facts")
     code, _out, err = _validate(None, tmp_path / "missing.facts", capsys)
     assert code == 2 and "not found" in err
+
+
+def test_capture_command_is_one_shell_command_that_parses(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from builder.machine import CAPTURE_COMMAND
+
+    assert subprocess.run(["bash", "-n", "-c", CAPTURE_COMMAND], check=False).returncode == 0
+    if not (shutil.which("udevadm") and shutil.which("lsblk") and shutil.which("ip")):
+        pytest.skip("udevadm/lsblk/ip not all installed here")
+    subprocess.run(["bash", "-c", CAPTURE_COMMAND], cwd=tmp_path, check=True, capture_output=True)
+    facts = load_facts(tmp_path / "prometheus.facts")
+    assert facts.firmware in ("uefi", "bios")
+
+
+def test_disk_behind_a_sas_controller_gets_a_hint(write_model, capsys, tmp_path: Path) -> None:
+    # a SATA SSD on a SAS HBA: scsi_id builds ID_SERIAL from the WWN, the label's serial is ID_SCSI_SERIAL
+    text = (MACHINES / "workstation.facts").read_text()
+    text = text.replace("E: ID_SERIAL=Samsung_SSD_870_EVO_1TB_S6PNNX0T000001",
+                        "E: ID_SERIAL=35002538f42a1b2c3\nE: ID_SCSI_SERIAL=S6PNNX0T000001")
+    facts = tmp_path / "hba.facts"
+    facts.write_text(text)
+    code, _out, err = _validate(None, facts, capsys)
+    assert code == 2
+    assert "storage.os_disk.match.serial: matched no disk" in err
+    assert "/dev/sda has serial S6PNNX0T000001, but behind its controller" in err and "id_serial" in err
