@@ -79,7 +79,7 @@ def disk_serial(disk: Disk, what: str) -> str:
     serial = disk.match.serial
     if not serial:
         raise BuilderError(
-            f"storage.{what} is matched by by_id, which a QEMU disk cannot reproduce",
+            f"storage.{what} is matched by id_serial or wwn, which the Packer VM's disk cannot reproduce",
             hint=f"give storage.{what}.match.serial so the Packer VM's disk can carry the same serial",
         )
     if len(serial) > SCSI_SERIAL_MAX or not re.fullmatch(r"[A-Za-z0-9._:-]+", serial):

@@ -63,9 +63,9 @@ def test_disk_serial_must_be_reproducible_in_qemu() -> None:
     model = load_model()
     disk = model.storage.os_disk
     assert disk_serial(disk, "os_disk") == disk.match.serial
-    by_id = dataclasses.replace(disk, match=DiskMatch(by_id="/dev/disk/by-id/nvme-Samsung_SSD_1"))
-    with pytest.raises(BuilderError, match="by_id"):
-        disk_serial(by_id, "os_disk")
+    by_id_serial = dataclasses.replace(disk, match=DiskMatch(id_serial="Samsung_SSD_870_EVO_1TB_S6PNNX0T000001"))
+    with pytest.raises(BuilderError, match="id_serial"):
+        disk_serial(by_id_serial, "os_disk")
     too_long = dataclasses.replace(disk, match=DiskMatch(serial="S" * 37))
     with pytest.raises(BuilderError, match="36"):
         disk_serial(too_long, "os_disk")

@@ -156,7 +156,9 @@ def test_first_boot_policy_content() -> None:
     auto = yaml.safe_load(files["autoinstall/user-data"])["autoinstall"]
     assert auto["snaps"] == [] and auto["source"]["id"] == "ubuntu-server-minimal"
     disks = [c for c in auto["storage"]["config"] if c["type"] == "disk"]
-    assert [d.get("serial") for d in disks] == ["EXAMPLE-SSD-S6PNNX0T000001", "EXAMPLE-NVME-S64ANS0T000001"]
+    # SATA: <model>_<serial>; NVMe on 24.04: <model>_<serial>_<nsid> (builder/disks.py)
+    assert [d.get("match") for d in disks] == [{"serial": "*_S6PNNX0T000001"}, {"serial": "*_S64ANS0T000001_1"}]
+    assert not any("serial" in d or "path" in d for d in disks)  # `serial:` would make subiquity ignore match
 
 
 def test_no_plaintext_secret_in_artifacts(write_model, model_dir: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, context
 from builder.pipeline import stage_render, stage_validate
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="validate the host model and its rendered seeds (writes nothing)")
     add_host_arg(v)
     add_schema_arg(v)
+    v.add_argument("--machine", type=Path, default=None, metavar="FACTS",
+                   help="also resolve every disk matcher and NIC MAC against the real machine's captured facts")
     v.set_defaults(func=cmd_validate)
 
 
@@ -40,4 +43,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for s in steps:
         note = f"  ({s.detail.splitlines()[0]})" if s.status == "skipped" and s.detail else ""
         print(f"  {s.name:<{width}}  {s.status}{note}")
+    if args.machine is not None:
+        from builder.errors import ProblemsError
+        from builder.machine import load_facts, resolve_against_facts
+
+        report = resolve_against_facts(model, load_facts(args.machine))
+        print("\n".join(report.lines()))
+        if report.errors:
+            raise ProblemsError(list(report.problems), what=f"host model, checked against the machine {args.machine}")
     return 0

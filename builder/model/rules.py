@@ -217,27 +217,9 @@ def _ssh(m: HostModel, c: Collector) -> None:
 
 
 def _storage(m: HostModel, c: Collector) -> None:
-    matches = []
-    for key in ("os_disk", "scratch"):
-        disk = getattr(m.storage, key)
-        if disk is None:
-            continue
-        base = ("storage", key, "match")
-        given = {k: v for k, v in (("serial", disk.match.serial), ("by_id", disk.match.by_id)) if v}
-        if len(given) != 1:
-            c.add(base, "match exactly one disk by exactly one of 'serial' or 'by_id'")
-            continue
-        (kind, value), = given.items()
-        if GLOB_CHARS & set(value) or not value.strip():
-            c.add((*base, kind), f"{value!r} could select more than one disk; give the full {kind} without wildcards")
-        if kind == "by_id" and not value.startswith("/dev/disk/by-id/"):
-            c.add((*base, kind), f"expected a /dev/disk/by-id/… path, found {value!r}")
-        if (kind, value) in matches:
-            c.add((*base, kind), "the same disk is matched twice (os_disk and scratch must differ)")
-        matches.append((kind, value))
-    scratch = m.storage.scratch
-    if scratch and scratch.mountpoint and not scratch.mountpoint.startswith("/"):
-        c.add(("storage", "scratch", "mountpoint"), "expected an absolute path")
+    from builder.disks import check_disks
+
+    check_disks(m, c)
 
 
 def _nfs(m: HostModel, c: Collector) -> None:

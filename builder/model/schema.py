@@ -17,6 +17,8 @@ class Host:
     source_date_epoch: int
     keyboard_layout: str = "us"
     authoritative_for_data: bool = False  # seed: "explicitly not authoritative for data"
+    # How the machine boots: the storage layout (ESP or bios_grub) and every VM boot follow it.
+    firmware: Literal["uefi", "bios"] = "uefi"
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,15 @@ class Os:
 
 @dataclass(frozen=True)
 class DiskMatch:
-    serial: str | None = None
-    by_id: str | None = None
+    """How the installer finds a disk: exactly one of serial (+ bus), id_serial or wwn.
+
+    See builder/disks.py for what each renders to and why it selects exactly that disk.
+    """
+
+    serial: str | None = None  # short serial: drive label, `lsblk -o SERIAL`, udev ID_SERIAL_SHORT (<= 20)
+    bus: Literal["sata", "nvme", "virtio", "scsi"] | None = None  # how the disk is attached; with serial
+    id_serial: str | None = None  # the exact udev ID_SERIAL (`udevadm info -q property -n /dev/X`)
+    wwn: str | None = None  # `lsblk -o WWN` of a SCSI/SAS disk whose ID_SERIAL is 3<wwn>
 
 
 @dataclass(frozen=True)

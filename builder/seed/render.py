@@ -166,39 +166,9 @@ def context(model: HostModel) -> dict[str, Any]:
 
 
 def _storage(model: HostModel) -> dict[str, Any]:
-    def disk(id_: str, d) -> dict[str, Any]:
-        entry: dict[str, Any] = {"type": "disk", "id": id_, "ptable": "gpt", "wipe": "superblock-recursive",
-                                 "preserve": False}
-        if d.match.serial:
-            entry["serial"] = d.match.serial
-        else:
-            entry["path"] = d.match.by_id
-        return entry
+    from builder.disks import storage_config
 
-    os_d, scratch = model.storage.os_disk, model.storage.scratch
-    cfg: list[dict[str, Any]] = [
-        disk("disk-os", os_d),
-        {"type": "partition", "id": "part-bios", "device": "disk-os", "size": "1M", "flag": "bios_grub",
-         "number": 1, "preserve": False},
-        {"type": "partition", "id": "part-esp", "device": "disk-os", "size": "1G", "flag": "boot",
-         "grub_device": True, "number": 2, "preserve": False},
-        {"type": "partition", "id": "part-root", "device": "disk-os", "size": -1, "number": 3, "preserve": False},
-        {"type": "format", "id": "fmt-esp", "volume": "part-esp", "fstype": "fat32", "preserve": False},
-        {"type": "format", "id": "fmt-root", "volume": "part-root", "fstype": os_d.filesystem, "preserve": False},
-        {"type": "mount", "id": "mnt-root", "device": "fmt-root", "path": "/"},
-        {"type": "mount", "id": "mnt-esp", "device": "fmt-esp", "path": "/boot/efi"},
-    ]
-    if scratch is not None:
-        cfg += [
-            disk("disk-scratch", scratch),
-            {"type": "partition", "id": "part-scratch", "device": "disk-scratch", "size": -1, "number": 1,
-             "preserve": False},
-            {"type": "format", "id": "fmt-scratch", "volume": "part-scratch", "fstype": scratch.filesystem,
-             "preserve": False},
-            {"type": "mount", "id": "mnt-scratch", "device": "fmt-scratch",
-             "path": scratch.mountpoint or model.docker.data_root, "options": "defaults,noatime"},
-        ]
-    return {"config": cfg, "swap": {"size": 0}}
+    return storage_config(model)
 
 
 def _parse_back(name: str, text: str) -> Any:
