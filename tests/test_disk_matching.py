@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 
 from builder.cli import main
-from builder.disks import (
+from builder.errors import BuilderError
+from builder.model import Disk, DiskMatch, load_model
+from builder.model.disks import (
     DiskFacts,
     bootloader_problems,
     render_disk_match,
@@ -15,8 +17,6 @@ from builder.disks import (
     subiquity_matches,
     udev_properties,
 )
-from builder.errors import BuilderError
-from builder.model import Disk, DiskMatch, load_model
 from tests.conftest import default_model_data
 
 TB = 1000204886016

@@ -8,8 +8,8 @@ import pytest
 
 from builder.cli import main
 from builder.errors import BuilderError
-from builder.machine import load_facts, parse_facts, resolve_against_facts
 from builder.model import load_model
+from builder.model.machine import load_facts, parse_facts, resolve_against_facts
 from tests.conftest import REPO, default_model_data
 
 MACHINES = REPO / "tests" / "data" / "machines"
@@ -152,7 +152,7 @@ def test_capture_command_is_one_shell_command_that_parses(tmp_path: Path) -> Non
     import shutil
     import subprocess
 
-    from builder.machine import CAPTURE_COMMAND
+    from builder.model.machine import CAPTURE_COMMAND
 
     assert subprocess.run(["bash", "-n", "-c", CAPTURE_COMMAND], check=False).returncode == 0
     if not (shutil.which("udevadm") and shutil.which("lsblk") and shutil.which("ip")):

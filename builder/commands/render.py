@@ -45,9 +45,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  {s.name:<{width}}  {s.status}{note}")
     if args.machine is not None:
         from builder.errors import ProblemsError
-        from builder.machine import load_facts, resolve_against_facts
+        from builder.model.machine import load_facts, resolve_against_facts
 
-        report = resolve_against_facts(model, load_facts(args.machine))
+        report = resolve_against_facts(ctx.model, load_facts(args.machine))
         print("\n".join(report.lines()))
         if report.errors:
             raise ProblemsError(list(report.problems), what=f"host model, checked against the machine {args.machine}")

@@ -217,7 +217,7 @@ def _ssh(m: HostModel, c: Collector) -> None:
 
 
 def _storage(m: HostModel, c: Collector) -> None:
-    from builder.disks import check_disks
+    from builder.model.disks import check_disks
 
     check_disks(m, c)
 

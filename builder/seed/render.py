@@ -166,7 +166,7 @@ def context(model: HostModel) -> dict[str, Any]:
 
 
 def _storage(model: HostModel) -> dict[str, Any]:
-    from builder.disks import storage_config
+    from builder.model.disks import storage_config
 
     return storage_config(model)
 

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder.disks import DISK_KEYS, DiskFacts, Matcher, human_size, matcher_for, subiquity_matches
 from builder.errors import BuilderError, Problem
-from builder.typedparse import Collector
-from builder.yamlsrc import load_yaml_file
+from builder.model.disks import DISK_KEYS, DiskFacts, Matcher, human_size, matcher_for, subiquity_matches
+from builder.model.typedparse import Collector
+from builder.model.yamlsrc import load_yaml_file
 
 if TYPE_CHECKING:
     from builder.model import HostModel
@@ -295,5 +295,5 @@ def resolve_against_facts(model: HostModel, facts: MachineFacts, collector: Coll
 
 
 def facts_from_props(name: str, size: int, props: Mapping[str, str], **kw: Any) -> DiskFacts:
-    """A DiskFacts for tests and test doubles (props as from `builder.disks.udev_properties`)."""
+    """A DiskFacts for tests and test doubles (props as from `builder.model.disks.udev_properties`)."""
     return DiskFacts(name=name, size=size, props=dict(props), **kw)

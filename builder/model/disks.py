@@ -35,7 +35,7 @@ from builder.errors import BuilderError
 
 if TYPE_CHECKING:
     from builder.model import Disk, DiskMatch, HostModel
-    from builder.typedparse import Collector
+    from builder.model.typedparse import Collector
 
 HW_SERIAL_MAX = 20  # ATA IDENTIFY and NVMe Identify serial fields; virtio-blk; QEMU < 9.1 scsi-hd
 SERIAL_MIN = 4  # a shorter serial is a suffix of too many others to single out a disk
