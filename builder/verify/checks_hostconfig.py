@@ -130,9 +130,13 @@ def mgmt_policy_routing_check(model: Any) -> Check:
 
 
 def _findmnt_target(ctx: Context, path: str) -> tuple[str, str]:
-    res = ctx.run(f"findmnt -n -o TARGET,SOURCE -T {shlex.quote(path)}")
+    """(mount target, source) of the filesystem that holds `path`, or of its nearest existing parent:
+    a root not created yet (daemon not started) would land there."""
+    script = (f"p={shlex.quote(path)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; "
+              "findmnt -n -o TARGET,SOURCE -T \"$p\"")
+    res = ctx.run(f"sh -c {shlex.quote(script)}")
     target, _, source = res.stdout.strip().partition(" ")
-    return (target, source.strip()) if res.ok else ("", res.brief())
+    return (target, source.strip()) if res.ok and target else ("", res.brief() or "findmnt found nothing")
 
 
 def _containerd_root(ctx: Context) -> str:
