@@ -116,6 +116,10 @@ CASES: list[tuple[str, Callable[[dict], None], str, str]] = [
     ("bool-as-string", _set("docker.tcp_api", "no"), "docker.tcp_api", "expected true/false"),
     ("missing-key-file", _set("apt.docker.key_file", "keys/nope.asc"), "apt.docker.key_file", "not found"),
     ("schema-version", _set("schema_version", 2), "schema_version", "expected 1"),
+    ("host-serial-console", _set("os.host_serial_console", "console=ttyS1"), "os.host_serial_console",
+     "ttyS1,115200n8"),
+    ("docker-gid-system", _set("docker.group_gid", 999), "docker.group_gid", "1000..59999"),
+    ("docker-gid-user", _set("docker.group_gid", 3000), "docker.group_gid", "no modelled user"),
 ]
 
 

@@ -51,7 +51,7 @@ def test_wheel_renders_and_validates_from_another_folder(installed_wheel: Path, 
     assert (elsewhere / "out" / "prometheus" / "first-boot" / "user-data").read_text().startswith("#cloud-config\n")
     proc = _run([builder, "validate", "--schema-dir", str(schema_dir)], elsewhere)
     assert proc.returncode == 0, proc.stderr
-    assert "upstream schemas (autoinstall, cloud-config, network-v2)  passed" in proc.stdout
+    assert "upstream schemas (autoinstall, cloud-config)  passed" in proc.stdout
     # the module really came from the venv, not from this checkout
     proc = _run([str(installed_wheel / "bin" / "python"), "-c", "import builder; print(builder.__file__)"], elsewhere)
     assert str(installed_wheel) in proc.stdout

@@ -72,7 +72,13 @@ def test_rendered_files_validate_against_upstream_schemas(schema_dir: Path) -> N
     ai = schema("autoinstall-schema.json")
     jsonschema.validators.validator_for(ai)(ai).validate(auto["autoinstall"])
     nv2 = schema("schema-network-config-v2.json")
-    jsonschema.validators.validator_for(nv2)(nv2).validate(net)
+    # cloud-init's v2 JSON schema lacks netplan's routes[].table/scope (MGMT policy routing); on a
+    # netplan system cloud-init validates with netplan instead (test_real_netplan_generate).
+    errors = [e for e in jsonschema.validators.validator_for(nv2)(nv2).iter_errors(net)
+              for e in (e.context or [e]) if "network" not in e.message and "version" not in e.message]
+    assert {(tuple(e.absolute_path)[:3], e.validator) for e in errors} == {
+        (("network", "ethernets", "mgmt0"), "additionalProperties")}, [e.message for e in errors]
+    assert all("table" in e.message for e in errors)
     assert auto["autoinstall"]["user-data"] == first
     assert schema_check(files, schema_set(schema_dir)) == []
 
@@ -117,7 +123,9 @@ def test_network_model_semantics() -> None:
     srv, mgmt = net["ethernets"]["srv0"], net["ethernets"]["mgmt0"]
     assert srv["match"]["macaddress"] == "52:54:00:60:00:01" and srv["set-name"] == "srv0"
     assert srv["dhcp4"] is True and srv["dhcp4-overrides"]["use-routes"] is True
-    assert mgmt["addresses"] == ["10.99.0.20/24"] and "routes" not in mgmt and mgmt["dhcp4"] is False
+    assert mgmt["addresses"] == ["10.99.0.20/24"] and mgmt["dhcp4"] is False
+    # MGMT never carries a main-table default route: its routes live in its own table only.
+    assert all(r.get("table") == 1099 for r in mgmt["routes"])
 
 
 def test_tagged_vlan_renders_and_netplan_accepts(write_model) -> None:
@@ -231,6 +239,6 @@ def test_validate_without_any_schema_folder_names_each_skipped_schema(
     monkeypatch.setattr(validate, "_python_paths", lambda: [])
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
-    for key in ("autoinstall", "cloud-config", "network-v2"):
+    for key in ("autoinstall", "cloud-config"):
         assert f"schema {key}" in out and "skipped" in out.split(f"schema {key}")[1].splitlines()[0]
     assert "upstream schemas" not in out

@@ -50,7 +50,7 @@ def test_report_files_written_atomically(tmp_path: Path) -> None:
 
 
 def test_junit_counts_and_cases() -> None:
-    rep = _report({"apt-mark showhold": Result(0, "")})
+    rep = _report({"apt-mark showhold": Result(0, "linux-generic linux-image-generic linux-headers-generic\n")})
     root = ET.fromstring(junit_xml(rep))
     suite = root.find("testsuite")
     assert suite is not None

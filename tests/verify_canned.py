@@ -98,6 +98,32 @@ def write_probe(cmd: str) -> Result:
     return Result(0, "ok\n")
 
 
+def listeners(model: Any, extra: str = "") -> str:
+    """`ss -Htulnp` of a healthy host: resolver and chrony on loopback, DHCP client on SERVERS, sshd on MGMT."""
+    srv, mgmt = model.network.interfaces["servers"], model.network.interfaces["mgmt"]
+    return (f"udp UNCONN 0 0 127.0.0.54:53 0.0.0.0:* users:((\"systemd-resolve\",pid=501,fd=20))\n"
+            f"udp UNCONN 0 0 127.0.0.53%lo:53 0.0.0.0:* users:((\"systemd-resolve\",pid=501,fd=18))\n"
+            f"udp UNCONN 0 0 {srv.ip}%{srv.name}:68 0.0.0.0:* users:((\"systemd-network\",pid=480,fd=21))\n"
+            f"udp UNCONN 0 0 [::1]:323 [::]:* users:((\"chronyd\",pid=610,fd=6))\n"
+            f"tcp LISTEN 0 4096 127.0.0.53%lo:53 0.0.0.0:* users:((\"systemd-resolve\",pid=501,fd=19))\n"
+            f"tcp LISTEN 0 128 {mgmt.ip}:{model.ssh.port} 0.0.0.0:* users:((\"sshd\",pid=700,fd=3))\n" + extra)
+
+
+def rules(model: Any, table: int | None = None) -> str:
+    mgmt = model.network.interfaces["mgmt"]
+    out = [{"priority": 0, "src": "all", "table": "local"}]
+    if table is not None:
+        out.append({"priority": 32765, "src": mgmt.ip, "table": str(table)})
+    out += [{"priority": 32766, "src": "all", "table": "main"}, {"priority": 32767, "src": "all", "table": "default"}]
+    return json.dumps(out)
+
+
+def mgmt_table(model: Any, gateway: str | None = None) -> str:
+    mgmt = model.network.interfaces["mgmt"]
+    return json.dumps([{"dst": "default", "gateway": gateway or mgmt.gateway, "dev": mgmt.name, "flags": []},
+                       {"dst": mgmt.subnet, "dev": mgmt.name, "scope": "link", "flags": []}])
+
+
 def healthy_responses(model: Any) -> dict[str, Any]:
     u = model.users[0]
     drv, tk = model.nvidia.driver, model.nvidia.container_toolkit
@@ -138,10 +164,22 @@ def healthy_responses(model: Any) -> dict[str, Any]:
             0, "LoadState=loaded\nRequiresMountsFor=" + " ".join(model.docker.requires_mounts) + "\n"),
         f"Status-Abbrev}}|${{Version}}' {drv.package}": Result(0, f"hi |{drv.version}"),  # held
         f"Status-Abbrev}}|${{Version}}' {tk.package}": Result(0, f"ii |{tk.version}"),
-        "apt-mark showhold": Result(0, drv.package + "\n"),
         f"apt-cache policy {drv.package}": Result(0, f"{drv.package}:\n  Installed: {drv.version}\n"
                                                       f"  Candidate: {drv.version}\n  Version table:\n"),
         "grep -lix 0x10de": Result(2, ""),
+        # builder.verify.checks_hostconfig
+        "ss -Htulnp": Result(0, listeners(model)),
+        "ip -j -4 rule show": Result(0, rules(model, 1000 + model.network.interfaces["mgmt"].vlan)),
+        f"ip -j -4 route show table {1000 + model.network.interfaces['mgmt'].vlan}": Result(0, mgmt_table(model)),
+        "docker info -f": Result(0, model.docker.data_root + "\n"),
+        "cat /etc/containerd/config.toml": Result(0, f'version = 2\nroot = "{model.docker.data_root}/containerd-root"\n'
+                                                     'disabled_plugins = ["cri"]\n\n[plugins."io.containerd.x"]\n'
+                                                     '  root = "/elsewhere"\n'),
+        "findmnt -n -o TARGET,SOURCE -T": Result(0, f"{model.docker.data_root} /dev/nvme0n1p1\n"),
+        "linux-generic linux-image-generic linux-headers-generic": Result(
+            0, "linux-generic|hi \nlinux-image-generic|hi \nlinux-headers-generic|hi \n"),
+        "apt-mark showhold": Result(0, "\n".join([drv.package, "linux-generic", "linux-headers-generic",
+                                                 "linux-image-generic"]) + "\n"),
     }
 
 

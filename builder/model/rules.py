@@ -28,7 +28,7 @@ REQUIRED_INTERFACES = {"servers": "services", "mgmt": "management"}
 
 
 def check_model(m: HostModel, c: Collector) -> None:
-    for rule in (_host, _network, _users, _ssh, _storage, _nfs, _apt, _docker, _nvidia, _secrets):
+    for rule in (_host, _network, _users, _ssh, _storage, _nfs, _apt, _docker, _nvidia, _secrets, _hostconfig):
         rule(m, c)
     check_features(m, c)
     check_seed_policy(m, c)
@@ -314,3 +314,13 @@ def _secrets(m: HostModel, c: Collector) -> None:
                 walk(getattr(value, k), (*path, k))
 
     walk(m, ())
+
+
+def _hostconfig(m: HostModel, c: Collector) -> None:
+    sc = m.os.host_serial_console
+    if sc is not None and not re.fullmatch(r"ttyS\d+(,\d+([noe][5-8])?)?", sc):
+        c.add(("os", "host_serial_console"), f"expected a serial port like 'ttyS1,115200n8' or null, found {sc!r}")
+    gid = m.docker.group_gid
+    if not 1000 <= gid < 60000 or gid in {u.gid for u in m.users}:
+        c.add(("docker", "group_gid"), f"expected a GID in 1000..59999 used by no modelled user, found {gid} "
+              "(system GIDs below 1000 are handed out by packages and may already be taken)")

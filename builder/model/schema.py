@@ -38,6 +38,7 @@ class Os:
     install_source: str = "ubuntu-server-minimal"
     kernel_package: str = "linux-generic"
     kernel_cmdline: tuple[str, ...] = ()
+    host_serial_console: str | None = None  # the installed host's serial console (e.g. BMC SOL), or none
     updates: Literal["security", "all"] = "security"
 
 
@@ -183,6 +184,7 @@ class Docker:
     version: str | None = None
     log_max_size: str = "50m"
     requires_mounts: tuple[str, ...] = ()
+    group_gid: int = 2375  # fixed GID of the docker group, created before the packages
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from passlib.hash import sha512_crypt
 from builder import __version__
 from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
+from builder.seed import hostconfig
 from builder.seed.features import alert_rules_text, feature_files, feature_packages, feature_runcmd
 from builder.seed.templating import environment, render_template
 
@@ -62,6 +63,13 @@ def _l3(nic: Interface, is_default: bool, model: HostModel) -> dict[str, Any]:
     return out
 
 
+def _with_extras(l3: dict[str, Any], key: str, nic: Interface, model: HostModel) -> dict[str, Any]:
+    """Policy routing, dhcp-identifier, optional (builder.seed.hostconfig): lists extend, scalars set."""
+    for k, v in hostconfig.netplan_extras(key, nic, model).items():
+        l3[k] = [*l3.get(k, []), *v] if isinstance(v, list) else v
+    return l3
+
+
 def network_config(model: HostModel) -> dict[str, Any]:
     nics = []
     for key, nic in model.network.interfaces.items():
@@ -69,7 +77,7 @@ def network_config(model: HostModel) -> dict[str, Any]:
         phys = f"{nic.name}p" if nic.tagged else nic.name
         nics.append({
             "key": key, "name": nic.name, "phys_name": phys, "mac": nic.mac.lower(), "vlan": nic.vlan,
-            "tagged": nic.tagged, "l3": _l3(nic, is_default, model),
+            "tagged": nic.tagged, "l3": _with_extras(_l3(nic, is_default, model), key, nic, model),
         })
     return {"nics": nics, "vlans": [n for n in nics if n["tagged"]]}
 
@@ -91,7 +99,7 @@ def _mounts(model: HostModel) -> list[list[str]]:
     vers = model.nfs.version
     out = []
     for mt in model.nfs.mounts:
-        opts = [mt.access, *model.nfs.options, *mt.options, f"vers={vers}"]
+        opts = [mt.access, *model.nfs.options, *mt.options, f"vers={vers}", *hostconfig.nfs_mount_options()]
         out.append([f"{model.nfs.server}:{mt.export}", mt.mountpoint, "nfs", ",".join(dict.fromkeys(opts)), "0", "0"])
     return out
 
@@ -131,6 +139,7 @@ def _files(model: HostModel, env, ctx: dict[str, Any]) -> list[dict[str, str]]:
         files.append({"path": f"/etc/apt/sources.list.d/{name}.list", "mode": "0644",
                       "content": render_template(env, "cloud-init/files/apt-source.list.j2",
                                                  {**ctx, "repo": repo, "keyring": keyring})})
+    files += hostconfig.files(model, env, ctx)
     return files
 
 
@@ -145,10 +154,7 @@ def _runcmd(model: HostModel) -> list[list[str]]:
     cmds += [
         ["systemctl", "daemon-reload"],
         *feature_runcmd(model),
-        # Ubuntu >= 22.10 listens through ssh.socket, generated from ListenAddress at daemon-reload.
-        ["sh", "-c", "if systemctl is-enabled --quiet ssh.socket 2>/dev/null; then systemctl restart ssh.socket; "
-                     "else systemctl restart ssh; fi"],
-        ["systemctl", "try-restart", "docker.service"],
+        *hostconfig.runcmd(model),  # NFS/Docker start + retry, rpcbind masked, sshd (no ssh.socket restart)
     ]
     return cmds
 
@@ -187,6 +193,7 @@ def render_host(model: HostModel) -> dict[str, bytes]:
     ctx["packages"] = _packages(model)
     ctx["mounts"] = _mounts(model)
     ctx["runcmd"] = _runcmd(model)
+    ctx["bootcmd"] = hostconfig.bootcmd(model)
     ctx["ubuntu_sources"] = render_template(env, "cloud-init/files/ubuntu-sources.list.j2", ctx)
     ctx["final_message"] = f"{model.host.hostname} first boot finished: cloud-init $VERSION after $UPTIME s"
     first_boot = render_template(env, "cloud-init/user-data.yaml.j2", ctx)
@@ -194,7 +201,9 @@ def render_host(model: HostModel) -> dict[str, bytes]:
     network_text = render_template(env, "cloud-init/network-config.yaml.j2", ctx)
     network = _parse_back("first-boot/network-config", network_text)
     ctx["instance_id"] = f"{model.host.hostname}-" + hashlib.sha256(first_boot.encode()).hexdigest()[:12]
-    auto_ctx = {**ctx, "first_boot": first_boot_data, "network": network["network"], "storage": _storage(model)}
+    auto_ctx = {**ctx, "first_boot": first_boot_data, "network": network["network"], "storage": _storage(model),
+                "late_commands": hostconfig.late_commands(model, env, ctx, ctx["files"]),
+                "error_commands": hostconfig.error_commands(model)}
     out = {
         "autoinstall/user-data": render_template(env, "autoinstall/user-data.yaml.j2", auto_ctx),
         "autoinstall/meta-data": render_template(env, "autoinstall/meta-data.yaml.j2", ctx),
