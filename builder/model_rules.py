@@ -213,6 +213,8 @@ def _storage(m: HostModel, c: Collector) -> None:
     scratch = m.storage.scratch
     if scratch and scratch.mountpoint and not scratch.mountpoint.startswith("/"):
         c.add(("storage", "scratch", "mountpoint"), "expected an absolute path")
+    if scratch and not 1 <= scratch.pressure_percent <= 99:
+        c.add(("storage", "scratch", "pressure_percent"), "expected a percentage from 1 to 99")
 
 
 def _nfs(m: HostModel, c: Collector) -> None:
