@@ -70,7 +70,7 @@ def test_default_model_passes_every_check(session, tmp_path: Path) -> None:  # n
     failed = {c["id"]: c["message"] for c in data["checks"] if c["status"] == "fail"}
     assert not failed, failed
     na = {c["id"]: c["message"] for c in data["checks"] if c["status"] == "n/a"}
-    assert set(na) == {"nvidia.smi"}, na
+    assert set(na) == {"nvidia.smi", "health.gpu"}, na
     for k in ("boot_to_login", "cloud_init_done", "ssh_ready", "checks_seconds"):
         assert k in data["timings"], data["timings"]
     assert (out / "junit.xml").exists() and (out / "serial.log").stat().st_size > 0

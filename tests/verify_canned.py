@@ -98,6 +98,21 @@ def write_probe(cmd: str) -> Result:
     return Result(0, "ok\n")
 
 
+def nfs_probe(model: Any, down: dict[str, tuple[int, str]] | None = None) -> Result:
+    """The health NFS probe's answer: every mount 'nfs' unless `down` gives (rc, text) for it."""
+    lines = [f"{m.mountpoint}|{(down or {}).get(m.mountpoint, (0, 'nfs'))[0]}|"
+             f"{(down or {}).get(m.mountpoint, (0, 'nfs'))[1]}" for m in model.nfs.mounts]
+    return Result(0, "\n".join(lines) + "\n")
+
+
+def df_scratch(model: Any, used_percent: float, on: str | None = None) -> Result:
+    mp = on or model.storage.scratch.mountpoint
+    total = 500 * 2**30
+    used = int(total * used_percent / 100)
+    return Result(0, "Filesystem 1-blocks Used Available Capacity Mounted on\n"
+                     f"/dev/nvme0n1p1 {total} {used} {total - used} {round(used_percent)}% {mp}\n")
+
+
 def healthy_responses(model: Any) -> dict[str, Any]:
     u = model.users[0]
     drv, tk = model.nvidia.driver, model.nvidia.container_toolkit
@@ -142,6 +157,8 @@ def healthy_responses(model: Any) -> dict[str, Any]:
         f"apt-cache policy {drv.package}": Result(0, f"{drv.package}:\n  Installed: {drv.version}\n"
                                                       f"  Candidate: {drv.version}\n  Version table:\n"),
         "grep -lix 0x10de": Result(2, ""),
+        "for mp in ": nfs_probe(model),
+        "df -P -B1 ": df_scratch(model, 41.5),
     }
 
 
