@@ -32,7 +32,7 @@ def gpu_health_check() -> Check:
                           f"{res.brief()}", expected="nvidia-smi -L lists a GPU", found=res.brief() or "no GPU")
         return passed(f"{len(gpus)} GPU(s): {'; '.join(gpus)}"[:300], found=gpus[0])
 
-    return Check("health.gpu", "alert gpu-unavailable: nvidia-smi lists the GPU", SEED["nvidia-smi"],
+    return Check("health.gpu", "alert gpu-unavailable: nvidia-smi lists the GPU", SEED["alert-gpu"],
                  f"timeout {GPU_BOUND} nvidia-smi -L", "at least one GPU listed", fn, family="health",
                  not_on=NO_GPU_IN_QEMU)
 
@@ -82,7 +82,7 @@ def nfs_health_check(model: Any) -> Check:
         return passed(f"all {len(mounts)} NFS mounts answer within {NFS_BOUND}s", found=f"{len(mounts)} up")
 
     return Check("health.nfs-mounts", f"alert nfs-mounts-unavailable: every mount answers within {NFS_BOUND}s",
-                 SEED["nfs-hosted"], f"timeout {NFS_BOUND}: cd MOUNT; ls; stat -f (each mount)",
+                 SEED["alert-nfs"], f"timeout {NFS_BOUND}: cd MOUNT; ls; stat -f (each mount)",
                  f"every modelled mount answers within {NFS_BOUND}s", fn, family="health")
 
 
@@ -120,7 +120,7 @@ def scratch_pressure_check(model: Any) -> Check:
         return passed(f"{where}: {found} (threshold {limit}%)", found=found)
 
     return Check("health.scratch-pressure", f"alert scratch-disk-pressure: {mp} at most {limit}% full",
-                 SEED["docker-disposable"], f"df -P -B1 {mp}", f"usage ≤ {limit}% (storage.scratch.pressure_percent)",
+                 SEED["alert-scratch"], f"df -P -B1 {mp}", f"usage ≤ {limit}% (storage.scratch.pressure_percent)",
                  fn, family="health")
 
 

@@ -59,6 +59,9 @@ SEED = {
     "least-privilege-mounts": SeedRef(147, "Least-privilege mounts (RO/RW intent enforced via NFS)"),
     "gpu-upgrades": SeedRef(157, "GPU driver/kernel compatibility must be validated during upgrades."),
     "uid-gid": SeedRef(158, "UID/GID consistency required between Prometheus and Atlas for NFS access."),
+    "alert-gpu": SeedRef(132, "GPU unavailable"),
+    "alert-nfs": SeedRef(133, "NFS mounts unavailable"),
+    "alert-scratch": SeedRef(134, "Disk pressure on local scratch"),
 }
 
 
