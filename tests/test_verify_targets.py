@@ -211,6 +211,26 @@ def test_scratch_on_the_root_filesystem_says_where_it_measured() -> None:
     assert "/var/lib/docker (on the filesystem mounted at /)" in res["health.scratch-pressure"].outcome.message
 
 
+def test_scratch_mountpoint_not_created_yet_measures_where_the_data_would_land() -> None:
+    df = df_scratch(MODEL, 97.0, on="/")
+    res = run_on(STANDIN, {"df -P -B1 ": Result(0, "/var/lib\n" + df.stdout)}, only=["health.scratch"])
+    r = res["health.scratch-pressure"]
+    assert r.status == "fail"
+    assert "/var/lib/docker (on the filesystem mounted at /; /var/lib/docker does not exist, measured /var/lib)" \
+        in r.outcome.message
+
+
+def test_scratch_probe_walks_up_to_an_existing_folder(tmp_path: Path) -> None:
+    from builder.verify.checks_health import parse_df, scratch_df_command
+    from builder.verify.host import LocalHost
+
+    res = LocalHost().run(scratch_df_command(str(tmp_path / "not" / "there")))
+    assert res.ok and res.stdout.splitlines()[0] == str(tmp_path)
+    assert parse_df(res.stdout) is not None
+    res = LocalHost().run(scratch_df_command(str(tmp_path)))
+    assert res.stdout.startswith("Filesystem")
+
+
 def test_alert_not_listed_in_the_model_is_not_applicable() -> None:
     mon = replace(MODEL.features.monitoring, alerts=("gpu-unavailable",))
     model = replace(MODEL, features=replace(MODEL.features, monitoring=mon))

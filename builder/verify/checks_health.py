@@ -86,9 +86,17 @@ def nfs_health_check(model: Any) -> Check:
                  f"every modelled mount answers within {NFS_BOUND}s", fn, family="health")
 
 
+def scratch_df_command(mp: str) -> str:
+    """df of the filesystem that holds `mp`; when `mp` does not exist (yet), of its nearest existing
+    parent, whose path is printed first (where the data would land)."""
+    return (f"p={shlex.quote(mp)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); done; "
+            "[ \"$p\" = " + shlex.quote(mp) + " ] || echo \"$p\"; df -P -B1 \"$p\"")
+
+
 def parse_df(text: str) -> tuple[int, int, str] | None:
     """`df -P -B1 PATH` -> (used, available, mounted on); None when unreadable."""
-    lines = [ln.split() for ln in text.strip().splitlines()[1:] if ln.strip()]
+    lines = [ln.split() for ln in text.strip().splitlines() if ln.strip()]
+    lines = lines[next((i for i, ln in enumerate(lines) if ln[:1] == ["Filesystem"]), 0) + 1:]
     if not lines or len(lines[-1]) < 6:
         return None
     cols = lines[-1]
@@ -106,13 +114,15 @@ def scratch_pressure_check(model: Any) -> Check:
     def fn(ctx: Context) -> Outcome:
         if scratch is None:
             return not_applicable("the model has no scratch disk (storage.scratch)")
-        res = ctx.run(f"df -P -B1 {shlex.quote(mp)}", timeout=30)
+        res = ctx.run(scratch_df_command(mp), timeout=30)
         parsed = parse_df(res.stdout)
         if not res.ok or parsed is None:
             return failed(f"cannot read the usage of {mp}: {res.brief()}", expected=f"usage ≤ {limit}%")
         used, avail, on = parsed
+        first = res.stdout.lstrip().split("\n", 1)[0].strip()
+        missing = "" if first.startswith("Filesystem") else f"; {mp} does not exist, measured {first}"
         pct = 100.0 * used / max(used + avail, 1)
-        where = mp if on == mp else f"{mp} (on the filesystem mounted at {on})"
+        where = mp if on == mp and not missing else f"{mp} (on the filesystem mounted at {on}{missing})"
         found = f"{pct:.1f}% used, {avail // 2**20} MiB free"
         if pct > limit:
             return failed(f"scratch disk pressure: {where} is {pct:.1f}% full (threshold {limit}%)",
