@@ -1,4 +1,5 @@
-"""`builder verify`: boot the first-boot seed in QEMU (stand-in image) and check the host against its model."""
+"""`builder verify`: boot the first-boot seed in QEMU (stand-in image) and check the host against its model;
+with `--target ssh://user@host[:port]` the same checks run against a live host over SSH instead."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from builder.verify.targets import Target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="boot the first-boot seed in QEMU and verify the host against its model")
+    p = sub.add_parser("verify", help="verify the host against its model: the first-boot seed booted in QEMU, "
+                                      "or a live host over SSH (--target ssh://...)")
     add_host_arg(p)
     add_out_arg(p)
     p.add_argument("--seed", type=Path, default=None, metavar="DIR",
