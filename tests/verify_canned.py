@@ -124,6 +124,21 @@ def mgmt_table(model: Any, gateway: str | None = None) -> str:
                        {"dst": mgmt.subnet, "dev": mgmt.name, "scope": "link", "flags": []}])
 
 
+def nfs_probe(model: Any, down: dict[str, tuple[int, str]] | None = None) -> Result:
+    """The health NFS probe's answer: every mount 'nfs' unless `down` gives (rc, text) for it."""
+    lines = [f"{m.mountpoint}|{(down or {}).get(m.mountpoint, (0, 'nfs'))[0]}|"
+             f"{(down or {}).get(m.mountpoint, (0, 'nfs'))[1]}" for m in model.nfs.mounts]
+    return Result(0, "\n".join(lines) + "\n")
+
+
+def df_scratch(model: Any, used_percent: float, on: str | None = None) -> Result:
+    mp = on or model.storage.scratch.mountpoint
+    total = 500 * 2**30
+    used = int(total * used_percent / 100)
+    return Result(0, "Filesystem 1-blocks Used Available Capacity Mounted on\n"
+                     f"/dev/nvme0n1p1 {total} {used} {total - used} {round(used_percent)}% {mp}\n")
+
+
 def healthy_responses(model: Any) -> dict[str, Any]:
     u = model.users[0]
     drv, tk = model.nvidia.driver, model.nvidia.container_toolkit
@@ -180,6 +195,8 @@ def healthy_responses(model: Any) -> dict[str, Any]:
             0, "linux-generic|hi \nlinux-image-generic|hi \nlinux-headers-generic|hi \n"),
         "apt-mark showhold": Result(0, "\n".join([drv.package, "linux-generic", "linux-headers-generic",
                                                  "linux-image-generic"]) + "\n"),
+        "for mp in ": nfs_probe(model),
+        "df -P -B1 ": df_scratch(model, 41.5),
     }
 
 

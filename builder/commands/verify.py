@@ -1,19 +1,25 @@
-"""`builder verify`: boot the first-boot seed in QEMU (stand-in image) and check the host against its model."""
+"""`builder verify`: boot the first-boot seed in QEMU (stand-in image) and check the host against its model;
+with `--target ssh://user@host[:port]` the same checks run against a live host over SSH instead."""
 
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from builder.commands.common import add_host_arg, add_out_arg, context, positive
+from builder.errors import BuilderError
+from builder.model import HostModel
 from builder.verify.core import CheckResult
-from builder.verify.report import MARK, render_table
+from builder.verify.report import MARK, render_table, write_report
+from builder.verify.targets import Target
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="boot the first-boot seed in QEMU and verify the host against its model")
+    p = sub.add_parser("verify", help="verify the host against its model: the first-boot seed booted in QEMU, "
+                                      "or a live host over SSH (--target ssh://...)")
     add_host_arg(p)
     add_out_arg(p)
     p.add_argument("--seed", type=Path, default=None, metavar="DIR",
@@ -27,6 +33,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run only checks whose id starts with PREFIX (repeatable), e.g. --only nfs.")
     p.add_argument("--boot-timeout", type=positive(float), default=None, metavar="SECONDS",
                    help="how long to wait for cloud-init and SSH (default: 900, or $BUILDER_BOOT_TIMEOUT)")
+    p.add_argument("--target", default="standin", metavar="TARGET",
+                   help="what to check: standin (default: the stand-in booted in QEMU), disk:PATH (a built "
+                        "disk image), or ssh://USER@HOST[:PORT] (a live host, no QEMU; needs --identity)")
+    p.add_argument("--identity", type=Path, default=None, metavar="KEY",
+                   help="the admin's private SSH key for an ssh:// target; its public half must be in the model")
+    p.add_argument("--servers-ssh", default=None, metavar="HOST[:PORT]",
+                   help="ssh:// target: where SSH must be refused on SERVERS (default: the model's SERVERS "
+                        "address and SSH port)")
     p.set_defaults(func=cmd_verify)
 
 
@@ -35,12 +49,56 @@ def _progress(r: CheckResult) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from builder.verify.targets import parse_target
+
+    started = time.monotonic()
+    target = parse_target(args.target)
+    ctx = context(args)
+    model = ctx.model
+    _check_only(model, args.only)
+    if target.kind == "ssh":
+        return _verify_live(args, model, target, started)
+    if target.kind == "disk":
+        raise BuilderError("--target disk:PATH is not available in this build yet",
+                           hint="verify the stand-in (--target standin) or a live host (--target ssh://...)")
+    if args.identity or args.servers_ssh:
+        raise BuilderError("--identity and --servers-ssh belong to an ssh:// target")
     from builder.pipeline import VerifyOptions, stage_verify
 
     opts = VerifyOptions(args.seed, args.image, args.keep, tuple(args.only) if args.only else None,
                          args.boot_timeout)
-    result = stage_verify(context(args), opts, on_result=_progress)
+    result = stage_verify(ctx, opts, on_result=_progress)
     out = result.report_dir
     print(render_table(result.report, width=shutil.get_terminal_size((120, 20)).columns))
     print(f"report: {out / 'report.json'}, {out / 'junit.xml'}, serial log {out / 'serial.log'}")
     return 0 if result.report.ok else 1
+
+def _check_only(model: HostModel, only: list[str] | None) -> None:
+    """Every --only prefix must select at least one check (a typo would otherwise verify nothing)."""
+    from builder.verify.catalog import build_catalog, select
+
+    catalog = build_catalog(model)
+    unknown = [p for p in only or [] if not select(catalog, [p])]
+    if unknown:
+        families = sorted({c.id.split(".")[0] for c in catalog})
+        raise BuilderError(f"--only {', '.join(unknown)} selects no check",
+                           hint=f"check ids start with: {', '.join(families)}")
+
+
+def _verify_live(args: argparse.Namespace, model: HostModel, target: Target, started: float) -> int:
+    """--target ssh://...: no QEMU; every input problem and connection failure is an error before writing."""
+    from builder.verify.live import parse_endpoint, verify_live
+
+    stray = [f"--{n.replace('_', '-')}" for n in ("seed", "image", "keep", "boot_timeout") if getattr(args, n)]
+    if stray:
+        raise BuilderError(f"{', '.join(stray)} belong to the stand-in target, not {args.target}")
+    if args.identity is None:
+        raise BuilderError(f"--target {args.target} needs --identity KEY (the admin's private SSH key)")
+    servers = parse_endpoint(args.servers_ssh, model.ssh.port) if args.servers_ssh else None
+    print(f"builder: checking the live host {target.address} over SSH...", file=sys.stderr)
+    report = verify_live(model, target, args.identity, servers=servers, only=args.only, on_result=_progress,
+                         started=started)
+    out = write_report(report, Path(args.out) / model.host.hostname / "verify")
+    print(render_table(report, width=shutil.get_terminal_size((120, 20)).columns))
+    print(f"report: {out / 'report.json'}, {out / 'junit.xml'}")
+    return 0 if report.ok else 1

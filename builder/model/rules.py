@@ -220,6 +220,9 @@ def _storage(m: HostModel, c: Collector) -> None:
     from builder.model.disks import check_disks
 
     check_disks(m, c)
+    scratch = m.storage.scratch
+    if scratch and not 1 <= scratch.pressure_percent <= 99:
+        c.add(("storage", "scratch", "pressure_percent"), "expected a percentage from 1 to 99")
 
 
 def _nfs(m: HostModel, c: Collector) -> None:

@@ -60,6 +60,7 @@ class Disk:
     match: DiskMatch
     filesystem: Literal["ext4", "xfs"] = "ext4"
     mountpoint: str | None = None
+    pressure_percent: int = 85  # scratch-disk-pressure alert: usage above this (builder verify --only health)
 
 
 @dataclass(frozen=True)

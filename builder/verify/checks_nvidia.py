@@ -7,6 +7,7 @@ import shlex
 from typing import Any
 
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
+from builder.verify.targets import NO_GPU_IN_QEMU
 
 GPU_PROBE = "grep -lix 0x10de /sys/bus/pci/devices/*/vendor"
 
@@ -109,8 +110,10 @@ def nvidia_smi_check(model: Any) -> Check:
     upstream = (drv.version or "").split("-")[0]
 
     def fn(ctx: Context) -> Outcome:
+        # Inside QEMU this check is not applicable (Check.not_on); on a real host no GPU is a failure.
         if not ctx.run(GPU_PROBE).stdout.strip():
-            return not_applicable("no NVIDIA PCI device (vendor 0x10de) on this machine, e.g. a QEMU guest")
+            return failed("no NVIDIA GPU: no PCI device with vendor 0x10de on this host",
+                          expected=f"an NVIDIA GPU with driver {upstream}", found="no NVIDIA PCI device")
         res = ctx.run("nvidia-smi --query-gpu=name,driver_version --format=csv,noheader", timeout=60)
         if not res.ok:
             return failed(f"nvidia-smi failed: {res.brief()}", expected="GPU listed")
@@ -121,7 +124,8 @@ def nvidia_smi_check(model: Any) -> Check:
         return passed(f"nvidia-smi: {first}", found=first)
 
     return Check("nvidia.smi", "nvidia-smi sees the GPU with the pinned driver", SEED["nvidia-smi"],
-                 "nvidia-smi --query-gpu=name,driver_version", f"driver {upstream}", fn, family="nvidia")
+                 "nvidia-smi --query-gpu=name,driver_version", f"driver {upstream}", fn, family="nvidia",
+                 not_on=NO_GPU_IN_QEMU)
 
 
 def nvidia_checks(model: Any) -> list[Check]:

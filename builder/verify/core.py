@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from builder.verify.host import DEFAULT_TIMEOUT, Host, HostUnreachable, Result
+from builder.verify.targets import STANDIN, Target, TargetKind
 
 Status = Literal["pass", "fail", "n/a"]
 SEED_FILE = "prometheus.md"
@@ -58,6 +59,9 @@ SEED = {
     "least-privilege-mounts": SeedRef(147, "Least-privilege mounts (RO/RW intent enforced via NFS)"),
     "gpu-upgrades": SeedRef(157, "GPU driver/kernel compatibility must be validated during upgrades."),
     "uid-gid": SeedRef(158, "UID/GID consistency required between Prometheus and Atlas for NFS access."),
+    "alert-gpu": SeedRef(132, "GPU unavailable"),
+    "alert-nfs": SeedRef(133, "NFS mounts unavailable"),
+    "alert-scratch": SeedRef(134, "Disk pressure on local scratch"),
 }
 
 
@@ -147,8 +151,10 @@ class Context:
         endpoints: Endpoints | None = None,
         outside: Outside | None = None,
         extra_authorized_keys: tuple[str, ...] = (),
+        target: Target = STANDIN,
     ) -> None:
         self.host = host
+        self.target = target  # what is checked (standin, disk, ssh): decides which checks apply
         self.extra_authorized_keys = extra_authorized_keys
         self.model = model
         self.endpoints = endpoints
@@ -177,6 +183,12 @@ class Check:
     expect: str
     fn: Callable[[Context], Outcome] = field(repr=False, compare=False)
     family: str = ""
+    # Target kinds this check cannot judge, each with the not-applicable reason (see targets.not_on).
+    not_on: tuple[tuple[TargetKind, str], ...] = ()
+
+    def skip_reason(self, kind: TargetKind) -> str | None:
+        """Why the check does not apply to a target of `kind` (None: it applies)."""
+        return next((why for k, why in self.not_on if k == kind), None)
 
 
 @dataclass(frozen=True)
@@ -194,8 +206,9 @@ class CheckResult:
 def run_check(check: Check, ctx: Context) -> CheckResult:
     ctx.log = []
     start = time.monotonic()
+    skip = check.skip_reason(ctx.target.kind)
     try:
-        outcome = check.fn(ctx)
+        outcome = not_applicable(skip) if skip is not None else check.fn(ctx)
     except HostUnreachable as exc:
         outcome = failed(f"could not run on the host: {exc}")
     except Exception as exc:  # a bug or an unexpected output must not hide the other checks

@@ -12,6 +12,7 @@ from typing import Any
 
 from builder.store import staged_dir
 from builder.verify.core import CheckResult
+from builder.verify.targets import STANDIN, Target
 
 MARK = {"pass": "PASS", "fail": "FAIL", "n/a": "N/A "}
 
@@ -24,6 +25,11 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     serial_log: str | None = None
     notes: tuple[str, ...] = ()
+    target_info: Target | None = None  # the target kind and description (None: the stand-in)
+
+    @property
+    def spec(self) -> Target:
+        return self.target_info or STANDIN
 
     @property
     def counts(self) -> Counter[str]:
@@ -60,6 +66,8 @@ def report_dict(rep: Report) -> dict[str, Any]:
     return {
         "host": rep.host,
         "target": rep.target,
+        "target_kind": rep.spec.kind,
+        "target_info": {**rep.spec.as_dict(), "reached": rep.target},
         "ok": rep.ok,
         "summary": {"total": len(rep.results), "pass": counts["pass"], "fail": counts["fail"],
                     "n/a": counts["n/a"]},
@@ -87,6 +95,9 @@ def render_table(rep: Report, width: int = 120) -> str:
     lines.append("")
     lines.append(f"{rep.host} ({rep.target}): {len(rep.results)} checks, {c['pass']} pass, "
                  f"{c['fail']} fail, {c['n/a']} not applicable")
+    lines.append(f"target: {rep.spec.kind}: {rep.spec.description}")
+    if rep.spec.kind == "disk":
+        lines.append(f"disk sha256: {rep.spec.sha256 or '(not computed)'}")
     if rep.timings:
         lines.append(f"timings: {format_timings(rep.timings)}")
     if rep.serial_log:
@@ -108,7 +119,7 @@ def junit_xml(rep: Report) -> str:
                           failures=str(c["fail"]), errors="0", skipped=str(c["n/a"]), time=f"{total:.3f}")
     props = ET.SubElement(suite, "properties")
     for k, v in {**{f"timing.{k}": f"{v:.1f}" for k, v in rep.timings.items()},
-                 "target": rep.target, "serial_log": rep.serial_log or ""}.items():
+                 "target": rep.target, "serial_log": rep.serial_log or "", **_target_props(rep.spec)}.items():
         ET.SubElement(props, "property", name=k, value=str(v))
     for r in rep.results:
         case = ET.SubElement(suite, "testcase", classname=f"verify.{r.check.family or 'check'}",
@@ -122,6 +133,14 @@ def junit_xml(rep: Report) -> str:
         out.text = "\n".join(f"$ {'sudo ' if x.root else ''}{x.cmd}  # rc={x.rc}\n{x.output}" for x in r.commands)
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _target_props(spec: Target) -> dict[str, str]:
+    props = {"target.kind": spec.kind, "target.description": spec.description}
+    if spec.kind == "disk":
+        props["target.path"] = str(spec.path)
+        props["target.sha256"] = spec.sha256 or ""
+    return props
 
 
 def write_report(rep: Report, out_dir: Path, serial_log: Path | None = None) -> Path:

@@ -24,6 +24,7 @@ from builder.verify.catalog import build_catalog, select
 from builder.verify.core import CheckResult, Context, Endpoints, run_checks
 from builder.verify.host import SshHost
 from builder.verify.report import Report
+from builder.verify.targets import STANDIN
 
 log = logging.getLogger("builder.verify")
 SEED_FILES = ("user-data", "meta-data", "network-config")
@@ -183,4 +184,5 @@ def verify_session(
         timings["checks_done"] = round(time.monotonic() - started, 1)
     timings["checks_seconds"] = round(time.monotonic() - t, 1)
     target = f"{s.access.user}@{s.access.ssh_host}:{s.access.ssh_port} (QEMU stand-in, MGMT forward)"
-    return Report(s.model.host.hostname, target, tuple(results), timings, str(s.access.serial_log))
+    return Report(s.model.host.hostname, target, tuple(results), timings, str(s.access.serial_log),
+                  target_info=STANDIN)
