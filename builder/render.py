@@ -17,6 +17,7 @@ from passlib.hash import sha512_crypt
 from builder import __version__
 from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
+from builder.seed.packages import DRIVER_SCRIPT, package_plan
 from builder.templating import environment, render_template
 
 MANAGED = "Managed by builder (prometheus host model); do not edit by hand."
@@ -73,19 +74,8 @@ def network_config(model: HostModel) -> dict[str, Any]:
 
 
 def _packages(model: HostModel) -> list[Any]:
-    pkgs: list[Any] = ["nfs-common", "ca-certificates", "gnupg"]
-    for p in model.docker.packages:
-        pkgs.append([p, model.docker.version] if model.docker.version and p.startswith("docker-ce") else p)
-    drv = model.nvidia.driver
-    pkgs.append([drv.package, drv.version])
-    tk = model.nvidia.container_toolkit
-    if tk.enabled:
-        pkgs.append([tk.package, tk.version] if tk.version else tk.package)
-    if model.features.virtualization.enabled:
-        pkgs += ["qemu-system-x86", "libvirt-daemon-system", "libvirt-clients"]
-    if model.features.monitoring.enabled and model.features.monitoring.node_exporter:
-        pkgs.append("prometheus-node-exporter")
-    return pkgs
+    """cloud-init's one-transaction `packages:` (the driver has its own step: builder.seed.packages)."""
+    return package_plan(model, MANAGED).first_boot_packages
 
 
 def _mounts(model: HostModel) -> list[list[str]]:
@@ -116,8 +106,7 @@ def _files(model: HostModel, env, ctx: dict[str, Any]) -> list[dict[str, str]]:
         {"path": "/etc/ssh/sshd_config.d/01-prometheus-hardening.conf", "mode": "0600",
          "content": render_template(env, "cloud-init/files/sshd-hardening.conf.j2", ctx)},
         {"path": "/etc/docker/daemon.json", "mode": "0644", "content": _daemon_json(model)},
-        {"path": "/etc/apt/preferences.d/90-nvidia-driver-pin", "mode": "0644",
-         "content": render_template(env, "cloud-init/files/nvidia-pin.pref.j2", ctx)},
+        *package_plan(model, MANAGED).files(),
     ]
     mon = model.features.monitoring
     if mon.enabled and mon.node_exporter:
@@ -145,14 +134,13 @@ def _runcmd(model: HostModel) -> list[list[str]]:
         ["sh", "-c", f"awk '$5 >= {bits}' /etc/ssh/moduli > /etc/ssh/moduli.new"
                      " && mv /etc/ssh/moduli.new /etc/ssh/moduli"],
     ]
-    if model.nvidia.driver.hold:
-        cmds.append(["apt-mark", "hold", model.nvidia.driver.package])
     cmds += [
         ["systemctl", "daemon-reload"],
         # Ubuntu >= 22.10 listens through ssh.socket, generated from ListenAddress at daemon-reload.
         ["sh", "-c", "if systemctl is-enabled --quiet ssh.socket 2>/dev/null; then systemctl restart ssh.socket; "
                      "else systemctl restart ssh; fi"],
         ["systemctl", "try-restart", "docker.service"],
+        [DRIVER_SCRIPT],  # last: its own apt-get, holds, at most one reboot (builder.seed.packages)
     ]
     return cmds
 
@@ -219,6 +207,7 @@ def render_host(model: HostModel) -> dict[str, bytes]:
     ctx["password_hashes"] = {u.name: password_hash(model, u) for u in model.users}
     ctx["files"] = _files(model, env, ctx)
     ctx["packages"] = _packages(model)
+    ctx["install_time_packages"] = list(package_plan(model, MANAGED).install_time)
     ctx["mounts"] = _mounts(model)
     ctx["runcmd"] = _runcmd(model)
     ctx["ubuntu_sources"] = render_template(env, "cloud-init/files/ubuntu-sources.list.j2", ctx)

@@ -1,0 +1,340 @@
+"""Check the package plan's pins against the real repository indices before a build.
+
+`builder validate --online` downloads the `Packages` indices of every enabled source (Ubuntu's pockets,
+Docker's repo, NVIDIA's flat repo), then replays each transaction of the plan the way apt would decide it:
+explicit `name=version` requests first, every other package at its candidate (the newest version, unless
+the plan's preferences pin it), then each `Depends`/`Pre-Depends` clause of everything chosen, transitively.
+Every pin that does not exist, and every dependency the chosen versions cannot satisfy, becomes a Problem
+at the model field that decided it, worded like apt's own error. Conflicts/Breaks are not evaluated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cmp_to_key
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from builder.errors import BuilderError, Problem
+from builder.model import HostModel
+from builder.seed.debian import Alternative, BinaryPackage, compare_versions, parse_stanzas, satisfies
+from builder.seed.packages import PackagePlan, Pin, package_plan
+from builder.typedparse import Collector
+from builder.yamlsrc import PathKey, Source, load_yaml_file
+
+UBUNTU_COMPONENTS = ("main", "restricted", "universe", "multiverse")
+ARCH = "amd64"
+OVERRIDES_ENV = "BUILDER_MIRROR_OVERRIDES"
+REPO_NAMES = ("ubuntu", "ubuntu-security", "docker", "nvidia")
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    repo: str  # one of REPO_NAMES (what --mirror-override names)
+    label: str  # e.g. "ubuntu noble-updates/restricted", as in apt's output
+    url: str  # the uncompressed Packages URL; Packages.gz / .xz are tried first where the repo has them
+    field: PathKey  # the model field naming this repository
+    compressed: bool = True
+
+
+class IndexUnavailable(Exception):
+    """The repository could not be reached at all (offline, DNS, refused, timed out)."""
+
+
+class IndexSource(Protocol):
+    def fetch(self, url: str) -> bytes | None:
+        """The file's bytes; None when the server answers 404; IndexUnavailable when unreachable."""
+        ...
+
+
+class HttpIndexSource:
+    """Reads indices over HTTP(S) with `requests`."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        import requests
+
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "builder-validate (pin check)"
+
+    def fetch(self, url: str) -> bytes | None:
+        import requests
+
+        try:
+            resp = self.session.get(url, timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise IndexUnavailable(f"{urlsplit(url).netloc}: {type(exc).__name__}") from None
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise BuilderError(f"reading {url}: HTTP {resp.status_code}")
+        return resp.content
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """`NAME=URL` items (from --mirror-override or $BUILDER_MIRROR_OVERRIDES, comma/space separated)."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.replace(",", " ").split():
+            name, sep, url = part.partition("=")
+            if not sep or name not in REPO_NAMES or not url:
+                raise BuilderError(f"bad mirror override {part!r}",
+                                   hint=f"expected NAME=URL, NAME one of {', '.join(REPO_NAMES)}")
+            out[name] = url.rstrip("/")
+    return out
+
+
+def overrides_from_env() -> dict[str, str]:
+    return parse_overrides([os.environ.get(OVERRIDES_ENV, "")])
+
+
+def index_files(model: HostModel, overrides: Mapping[str, str] | None = None) -> list[IndexFile]:
+    ov = dict(overrides or {})
+    apt, code = model.apt, model.os.codename
+    ubuntu = ov.get("ubuntu", apt.ubuntu_mirror.rstrip("/"))
+    # A mirror override for "ubuntu" carries every pocket unless "ubuntu-security" is overridden too.
+    security = ov.get("ubuntu-security") or (ov.get("ubuntu") or apt.ubuntu_security_mirror or apt.ubuntu_mirror)
+    security = security.rstrip("/")
+    out = []
+    for pocket, base, repo, fld in ((code, ubuntu, "ubuntu", "ubuntu_mirror"),
+                                    (f"{code}-updates", ubuntu, "ubuntu", "ubuntu_mirror"),
+                                    (f"{code}-security", security, "ubuntu-security",
+                                     "ubuntu_security_mirror" if apt.ubuntu_security_mirror else "ubuntu_mirror")):
+        for comp in UBUNTU_COMPONENTS:
+            out.append(IndexFile(repo, f"ubuntu {pocket}/{comp}",
+                                 f"{base}/dists/{pocket}/{comp}/binary-{ARCH}/Packages", ("apt", fld)))
+    for name in ("docker", "nvidia"):
+        r = getattr(apt, name)
+        base = ov.get(name, r.url.rstrip("/"))
+        if r.suite.endswith("/"):  # flat repository: `deb URL /`
+            suite = r.suite.strip("/")
+            url = f"{base}/{suite + '/' if suite else ''}Packages"
+            out.append(IndexFile(name, f"{name} {r.suite}", url, ("apt", name, "url"), compressed=False))
+        else:
+            url = f"{base}/dists/{r.suite}/{r.component}/binary-{ARCH}/Packages"
+            out.append(IndexFile(name, f"{name} {r.suite}/{r.component}", url, ("apt", name, "url"),
+                                 compressed=False))
+    return out
+
+
+def _read(source: IndexSource, f: IndexFile) -> bytes | None:
+    if f.compressed:
+        gz = source.fetch(f.url + ".gz")
+        if gz is not None:
+            return gzip.decompress(gz)
+        xz = source.fetch(f.url + ".xz")
+        if xz is not None:
+            return lzma.decompress(xz)
+    return source.fetch(f.url)
+
+
+@dataclass
+class Indices:
+    """Every version of every package the enabled sources list (amd64 + all)."""
+
+    packages: dict[str, list[BinaryPackage]] = field(default_factory=dict)
+    providers: dict[str, list[BinaryPackage]] = field(default_factory=dict)
+    read: list[str] = field(default_factory=list)
+
+    def add(self, pkg: BinaryPackage) -> None:
+        versions = self.packages.setdefault(pkg.name, [])
+        if any(p.version == pkg.version for p in versions):
+            return
+        versions.append(pkg)
+        for prov in pkg.provides:
+            self.providers.setdefault(prov.name, []).append(pkg)
+
+
+def load_indices(model: HostModel, source: IndexSource, overrides: Mapping[str, str] | None,
+                 c: Collector) -> Indices:
+    idx = Indices()
+    for f in index_files(model, overrides):
+        data = _read(source, f)
+        if data is None:
+            if f.repo in ("docker", "nvidia") or f.label.endswith("/main"):
+                c.add(f.field, f"repository index not found (HTTP 404): {f.url}; apt-get update would fail")
+            continue
+        idx.read.append(f.label)
+        for st in parse_stanzas(data.decode("utf-8", errors="replace")):
+            pkg = BinaryPackage.from_stanza(st, f.label)
+            if pkg is not None and pkg.architecture in (ARCH, "all"):
+                idx.add(pkg)
+    return idx
+
+
+# ---------------------------------------------------------------- one transaction, as apt decides it
+
+@dataclass(frozen=True)
+class Finding:
+    pin: Pin
+    message: str
+    severity: str = "error"
+
+
+class Transaction:
+    def __init__(self, idx: Indices, preferences: Iterable[Pin]) -> None:
+        self.idx = idx
+        self.prefs = {p.name: p.version for p in preferences if p.version}
+        self.chosen: dict[str, tuple[BinaryPackage, Pin]] = {}
+
+    def _newest(self, name: str) -> BinaryPackage | None:
+        versions = self.idx.packages.get(name) or []
+        if not versions:
+            return None
+        return max(versions, key=cmp_to_key(lambda a, b: compare_versions(a.version, b.version)))
+
+    def candidate(self, name: str) -> BinaryPackage | None:
+        """apt's candidate: the preference-pinned version when it exists (priority 1001), else the newest."""
+        pinned = self.prefs.get(name)
+        if pinned:
+            for p in self.idx.packages.get(name, []):
+                if p.version == pinned:
+                    return p
+        return self._newest(name)
+
+    def _version_of(self, name: str) -> BinaryPackage | None:
+        return self.chosen[name][0] if name in self.chosen else self.candidate(name)
+
+    def _provider(self, alt: Alternative) -> BinaryPackage | None:
+        for prov in self.idx.providers.get(alt.name, []):
+            if self._version_of(prov.name) is not prov:
+                continue  # apt only looks at the versions it would install
+            for given in prov.provides:
+                if given.name == alt.name and (alt.op is None or (given.op == "=" and given.version is not None
+                                                                  and satisfies(given.version, alt.op, alt.version))):
+                    return prov
+        return None
+
+    def _why_not(self, alt: Alternative) -> str:
+        have = self._version_of(alt.name)
+        if have is not None:
+            return f"{alt} but {have.version} is to be installed"
+        if alt.name in self.idx.providers:
+            return f"{alt} but it is a virtual package" if alt.op else f"{alt} but it is not going to be installed"
+        return f"{alt} but it is not installable"
+
+    def run(self, pins: Iterable[Pin]) -> list[Finding]:
+        findings: list[Finding] = []
+        queue: list[str] = []
+        for pin in pins:
+            versions = self.idx.packages.get(pin.name, [])
+            if pin.version:
+                match = next((p for p in versions if p.version == pin.version), None)
+                if match is None:
+                    avail = ", ".join(f"{p.version} in {p.origin}" for p in versions) or "no version in any source"
+                    findings.append(Finding(pin, f"E: Version '{pin.version}' for '{pin.name}' was not found "
+                                                 f"(available: {avail})"))
+                    continue
+            else:
+                match = self.candidate(pin.name)
+                if match is None:
+                    prov = self._provider(Alternative(pin.name))
+                    if prov is None:
+                        findings.append(Finding(pin, f"E: Unable to locate package {pin.name}"))
+                        continue
+                    match = prov
+            if match.name in self.chosen and self.chosen[match.name][0] is not match:
+                findings.append(Finding(pin, f"{pin.name} is requested at {match.version} and at "
+                                             f"{self.chosen[match.name][0].version}"))
+                continue
+            self.chosen[match.name] = (match, pin)
+            queue.append(match.name)
+            if pin.version and match.transitional:
+                findings.append(Finding(pin, f"{pin.name} {pin.version} is a transitional package "
+                                             f"({match.description}): the branch has moved on", "warning"))
+        while queue:
+            pkg, root = self.chosen[queue.pop(0)]
+            for clause in pkg.depends:
+                if self._satisfy(clause, root, queue):
+                    continue
+                why = " or ".join(self._why_not(a) for a in clause)
+                findings.append(Finding(root, f"{pkg.name} : Depends: {why}"))
+        return findings
+
+    def _satisfy(self, clause: tuple[Alternative, ...], root: Pin, queue: list[str]) -> bool:
+        for alt in clause:
+            if alt.name in self.chosen:
+                if satisfies(self.chosen[alt.name][0].version, alt.op, alt.version):
+                    return True
+                continue
+            cand = self.candidate(alt.name)
+            if cand is not None:
+                if satisfies(cand.version, alt.op, alt.version):
+                    self.chosen[alt.name] = (cand, root)
+                    queue.append(alt.name)
+                    return True
+                continue
+            prov = self._provider(alt)
+            if prov is not None:
+                if prov.name not in self.chosen:
+                    self.chosen[prov.name] = (prov, root)
+                    queue.append(prov.name)
+                return True
+        return False
+
+
+# ---------------------------------------------------------------- entry points
+
+def _collector(model: HostModel) -> Collector:
+    try:
+        src = load_yaml_file(Path(model.source_path))
+    except BuilderError:
+        src = Source(file=str(model.source_path), data=None)
+    return Collector(src)
+
+
+def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[Problem]:
+    """Replay the plan's transactions against the indices; add each finding to `c` (and return them)."""
+    before = len(c.problems)
+    transactions = (
+        ("installer `packages:`", [Pin(n, None, ("apt", "ubuntu_mirror")) for n in plan.install_time]),
+        ("first-boot `packages:` (one apt transaction)", list(plan.first_boot)),
+        ("NVIDIA driver step", list(plan.driver)),
+    )
+    for what, pins in transactions:
+        if not pins:
+            continue
+        for f in Transaction(idx, plan.preferences).run(pins):
+            c.add(f.pin.field, f"{f.message} [{what}]", f.severity)
+    return c.problems[before:]
+
+
+def check_pins(model: HostModel, indices: IndexSource, overrides: Mapping[str, str] | None = None,
+               plan: PackagePlan | None = None) -> list[Problem]:
+    """Every pin of the model's package plan that is missing or does not resolve, as file:line problems.
+
+    Raises IndexUnavailable when a repository cannot be reached at all."""
+    c = _collector(model)
+    idx = load_indices(model, indices, overrides, c)
+    check_plan(plan or package_plan(model), idx, c)
+    return list(c.problems)
+
+
+@dataclass(frozen=True)
+class PinReport:
+    status: str  # passed | failed | skipped
+    problems: tuple[Problem, ...] = ()
+    detail: str = ""
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+
+def check_pins_online(model: HostModel, timeout: float = 30.0, overrides: Mapping[str, str] | None = None,
+                      plan: PackagePlan | None = None) -> PinReport:
+    """Download the real indices and check the plan; offline it reports `skipped`, naming what was unreachable."""
+    ov = overrides_from_env() | dict(overrides or {})
+    try:
+        problems = check_pins(model, HttpIndexSource(timeout), ov, plan)
+    except IndexUnavailable as exc:
+        return PinReport("skipped", (), f"package pins not checked: repository unreachable ({exc})")
+    errors = [p for p in problems if p.severity == "error"]
+    n = len(package_plan(model).preferences) if plan is None else len(plan.preferences)
+    detail = f"{n} pin(s) checked against {', '.join(sorted({f.repo for f in index_files(model, ov)}))}"
+    return PinReport("failed" if errors else "passed", tuple(problems), detail)
