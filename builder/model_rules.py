@@ -295,7 +295,8 @@ def _nvidia(m: HostModel, c: Collector) -> None:
         c.add(("nvidia", "driver", "branch"),
               f"expected an Ubuntu driver branch like '580-server' (nvidia-headless-no-dkms-<branch>), "
               f"found {drv.branch!r}")
-    if not re.match(r"^[a-z0-9][a-z0-9.+-]*$", drv.kernel_flavour) or m.os.kernel_package != f"linux-{drv.kernel_flavour}":
+    flavour_ok = re.match(r"^[a-z0-9][a-z0-9.+-]*$", drv.kernel_flavour)
+    if not flavour_ok or m.os.kernel_package != f"linux-{drv.kernel_flavour}":
         c.add(("nvidia", "driver", "kernel_flavour"),
               f"the prebuilt modules ({drv.modules_package}) must match the installed kernel: os.kernel_package is "
               f"{m.os.kernel_package!r}, so the flavour must be {m.os.kernel_package.removeprefix('linux-')!r}")
