@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from builder.artifacts import write_seed
 from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, load_host, render_checked
+from builder.model import HostModel
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = sub.add_parser("validate", help="validate the host model and its rendered seeds (writes nothing)")
     add_host_arg(v)
     add_schema_arg(v)
+    v.add_argument("--online", action="store_true",
+                   help="also check every package pin against the real repository indices (skipped when offline)")
+    v.add_argument("--mirror-override", action="append", default=[], metavar="NAME=URL",
+                   help="read NAME's indices from URL (NAME: ubuntu, ubuntu-security, docker, nvidia); "
+                        "also $BUILDER_MIRROR_OVERRIDES")
+    v.add_argument("--online-timeout", type=float, default=30.0, metavar="S", help="per-request timeout (30)")
     v.set_defaults(func=cmd_validate)
 
 
@@ -41,4 +49,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for s in steps:
         note = f"  ({s.detail.splitlines()[0]})" if s.status == "skipped" and s.detail else ""
         print(f"  {s.name:<{width}}  {s.status}{note}")
+    if getattr(args, "online", False):
+        return _validate_pins(model, args)
+    return 0
+
+
+def _validate_pins(model: HostModel, args: argparse.Namespace) -> int:
+    from builder.errors import ProblemsError
+    from builder.seed.pins import check_pins_online, parse_overrides
+
+    report = check_pins_online(model, args.online_timeout, parse_overrides(args.mirror_override))
+    print(f"  package pins (online)  {report.status}  ({report.detail})")
+    for w in (p for p in report.problems if p.severity != "error"):
+        print(f"builder: {w}", file=sys.stderr)
+    if report.errors:
+        raise ProblemsError(list(report.problems), what="package pins")
     return 0

@@ -70,6 +70,8 @@ class PackagePlan:
     apt_preferences: str  # content of PREFERENCES_FILE
     nouveau_blacklist: str  # content of NOUVEAU_FILE
     driver_script: str  # content of DRIVER_SCRIPT
+    kernel_meta: str = ""  # linux-<flavour>, installed in the driver step with...
+    modules_meta: str = ""  # ...linux-modules-nvidia-<branch>-<flavour>: both must land on one kernel ABI
 
     @property
     def first_boot_packages(self) -> list[Any]:
@@ -149,4 +151,5 @@ def package_plan(model: HostModel, managed: str = MANAGED) -> PackagePlan:
         apt_preferences=render_template(env, "cloud-init/files/nvidia-pin.pref.j2", ctx),
         nouveau_blacklist=render_template(env, "cloud-init/files/blacklist-nouveau.conf.j2", ctx),
         driver_script=render_template(env, "cloud-init/files/nvidia-driver.sh.j2", ctx),
+        kernel_meta=model.os.kernel_package, modules_meta=model.nvidia.driver.modules_package,
     )

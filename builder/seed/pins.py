@@ -299,8 +299,15 @@ def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[Problem]:
     for what, pins in transactions:
         if not pins:
             continue
-        for f in Transaction(idx, plan.preferences).run(pins):
+        tx = Transaction(idx, plan.preferences)
+        for f in tx.run(pins):
             c.add(f.pin.field, f"{f.message} [{what}]", f.severity)
+        kernel, modules = tx.chosen.get(plan.kernel_meta), tx.chosen.get(plan.modules_meta)
+        if kernel and modules and kernel[0].version != modules[0].version:
+            c.add(modules[1].field,
+                  f"{plan.modules_meta} {modules[0].version} is built for another kernel than {plan.kernel_meta} "
+                  f"{kernel[0].version}: after the reboot the nvidia module would not load (is the branch still "
+                  f"built for the current kernel?) [{what}]")
     return c.problems[before:]
 
 
