@@ -25,6 +25,7 @@ with the driver: the kernel and the modules change only when an operator lifts t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,15 @@ class Pin:
 
 
 @dataclass(frozen=True)
+class FamilyPin:
+    """A whole family pinned at one version by an apt preferences regex (`Package: /regex/`)."""
+
+    pattern: str  # POSIX extended regex as apt reads it (also valid for Python's re)
+    version: str
+    field: PathKey
+
+
+@dataclass(frozen=True)
 class PackagePlan:
     install_time: tuple[str, ...]
     first_boot: tuple[Pin, ...]
@@ -72,6 +82,7 @@ class PackagePlan:
     driver_script: str  # content of DRIVER_SCRIPT
     kernel_meta: str = ""  # linux-<flavour>, installed in the driver step with...
     modules_meta: str = ""  # ...linux-modules-nvidia-<branch>-<flavour>: both must land on one kernel ABI
+    family_pins: tuple[FamilyPin, ...] = ()  # the driver's (= V) family: its members are not all named above
 
     @property
     def first_boot_packages(self) -> list[Any]:
@@ -79,10 +90,10 @@ class PackagePlan:
 
     @property
     def preferences(self) -> tuple[Pin, ...]:
-        """Every exact pin, as the preferences file pins it (Pin-Priority 1001)."""
+        """Every exact pin not covered by a family pin, as the preferences file pins it (Pin-Priority 1001)."""
         seen: dict[str, Pin] = {}
         for p in (*self.first_boot, *self.driver):
-            if p.version:
+            if p.version and not any(re.search(f.pattern, p.name) for f in self.family_pins):
                 seen.setdefault(p.name, p)
         return tuple(seen.values())
 
@@ -127,6 +138,16 @@ def _driver(m: HostModel) -> list[Pin]:
     ]
 
 
+def _families(m: HostModel) -> tuple[FamilyPin, ...]:
+    """The driver packages depend on their siblings with (= V) (nvidia-kernel-common-<branch>,
+    libnvidia-compute-<branch>, ...): apt only takes a sibling's pinned version when a preference says so."""
+    drv = m.nvidia.driver
+    if not drv.version:
+        return ()
+    return (FamilyPin(f"^(lib)?nvidia-[a-z0-9.+-]+-{drv.branch}$", drv.version,
+                      ("nvidia", "driver", "version")),)
+
+
 def _holds(m: HostModel) -> tuple[str, ...]:
     drv = m.nvidia.driver
     if not drv.hold:
@@ -141,9 +162,10 @@ def package_plan(model: HostModel, managed: str = MANAGED) -> PackagePlan:
     driver = tuple(_driver(model))
     holds = _holds(model)
     env = environment()
-    partial = PackagePlan(INSTALL_TIME, first_boot, driver, holds, "", "", "")
+    families = _families(model)
+    partial = PackagePlan(INSTALL_TIME, first_boot, driver, holds, "", "", "", family_pins=families)
     ctx = {
-        "managed": managed, "pins": partial.preferences, "driver": driver, "holds": holds,
+        "managed": managed, "pins": partial.preferences, "families": families, "driver": driver, "holds": holds,
         "log": DRIVER_LOG, "script": DRIVER_SCRIPT, "nouveau_file": NOUVEAU_FILE,
     }
     return PackagePlan(
@@ -152,4 +174,5 @@ def package_plan(model: HostModel, managed: str = MANAGED) -> PackagePlan:
         nouveau_blacklist=render_template(env, "cloud-init/files/blacklist-nouveau.conf.j2", ctx),
         driver_script=render_template(env, "cloud-init/files/nvidia-driver.sh.j2", ctx),
         kernel_meta=model.os.kernel_package, modules_meta=model.nvidia.driver.modules_package,
+        family_pins=families,
     )

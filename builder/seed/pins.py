@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cmp_to_key
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 from builder.errors import BuilderError, Problem
 from builder.model import HostModel
 from builder.seed.debian import Alternative, BinaryPackage, compare_versions, parse_stanzas, satisfies
-from builder.seed.packages import PackagePlan, Pin, package_plan
+from builder.seed.packages import FamilyPin, PackagePlan, Pin, package_plan
 from builder.typedparse import Collector
 from builder.yamlsrc import PathKey, Source, load_yaml_file
 
@@ -177,9 +178,10 @@ class Finding:
 
 
 class Transaction:
-    def __init__(self, idx: Indices, preferences: Iterable[Pin]) -> None:
+    def __init__(self, idx: Indices, preferences: Iterable[Pin], families: Iterable[FamilyPin] = ()) -> None:
         self.idx = idx
         self.prefs = {p.name: p.version for p in preferences if p.version}
+        self.families = [(re.compile(f.pattern), f.version) for f in families]
         self.chosen: dict[str, tuple[BinaryPackage, Pin]] = {}
 
     def _newest(self, name: str) -> BinaryPackage | None:
@@ -190,7 +192,7 @@ class Transaction:
 
     def candidate(self, name: str) -> BinaryPackage | None:
         """apt's candidate: the preference-pinned version when it exists (priority 1001), else the newest."""
-        pinned = self.prefs.get(name)
+        pinned = self.prefs.get(name) or next((v for rx, v in self.families if rx.search(name)), None)
         if pinned:
             for p in self.idx.packages.get(name, []):
                 if p.version == pinned:
@@ -299,7 +301,7 @@ def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[Problem]:
     for what, pins in transactions:
         if not pins:
             continue
-        tx = Transaction(idx, plan.preferences)
+        tx = Transaction(idx, plan.preferences, plan.family_pins)
         for f in tx.run(pins):
             c.add(f.pin.field, f"{f.message} [{what}]", f.severity)
         kernel, modules = tx.chosen.get(plan.kernel_meta), tx.chosen.get(plan.modules_meta)
