@@ -78,8 +78,8 @@ def test_real_apt_resolves_signed_by_pins_and_newest(repo, tmp_path):
     drv = _apt(root, "install", "-s", *[p.apt_arg for p in plan.driver])
     assert drv.returncode == 0, drv.stdout + drv.stderr
     # Pinned, not newest: the family pin holds the siblings at the model's version too.
-    assert "Inst nvidia-kernel-common-580-server (580.173.02-0ubuntu0.24.04.1" in drv.stdout
-    assert "Inst nvidia-headless-no-dkms-580-server (580.173.02-0ubuntu0.24.04.1" in drv.stdout
+    assert "Inst nvidia-kernel-common-580-server (580.178.04-0ubuntu0.24.04.1" in drv.stdout
+    assert "Inst nvidia-headless-no-dkms-580-server (580.178.04-0ubuntu0.24.04.1" in drv.stdout
     # The toolkit pinned alone (today's render) cannot resolve: its -base sibling would be the newest.
     alone = _apt(root, "install", "-s", "nvidia-container-toolkit=1.17.8-1")
     assert "Depends: nvidia-container-toolkit-base (= 1.17.8-1) but 1.18.2-1 is to be installed" in alone.stdout

@@ -33,7 +33,7 @@ def test_toolkit_family_is_pinned_at_one_version() -> None:
 def test_driver_family_is_pinned_by_branch() -> None:
     plan = package_plan(load_model())
     stanza = re.search(r"Package: /(.+)/\nPin: version (\S+)\nPin-Priority: 1001", plan.apt_preferences)
-    assert stanza and stanza.group(2) == "580.173.02-0ubuntu0.24.04.1"
+    assert stanza and stanza.group(2) == "580.178.04-0ubuntu0.24.04.1"
     rx = re.compile(stanza.group(1))
     for name in ("nvidia-headless-no-dkms-580-server", "nvidia-utils-580-server", "nvidia-kernel-common-580-server",
                  "libnvidia-compute-580-server", "libnvidia-cfg1-580-server"):
@@ -48,8 +48,8 @@ def test_driver_is_not_in_the_first_boot_transaction() -> None:
     first = {p.name for p in plan.first_boot}
     driver = {p.name: p.version for p in plan.driver}
     assert driver == {"linux-generic": None, "linux-modules-nvidia-580-server-generic": None,
-                      "nvidia-headless-no-dkms-580-server": "580.173.02-0ubuntu0.24.04.1",
-                      "nvidia-utils-580-server": "580.173.02-0ubuntu0.24.04.1"}
+                      "nvidia-headless-no-dkms-580-server": "580.178.04-0ubuntu0.24.04.1",
+                      "nvidia-utils-580-server": "580.178.04-0ubuntu0.24.04.1"}
     assert not first & set(driver) and not any("nvidia-driver" in n or "dkms-" in n.replace("no-dkms-", "")
                                                 for n in first | set(driver))
     assert {"docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"} <= first
@@ -131,7 +131,7 @@ def test_driver_step_reboots_once_when_the_gpu_waits_for_the_module(tmp_path: Pa
     rc, calls, _ = _run_script(tmp_path, apt_ok=True, gpu=True, nouveau=True)
     assert rc == 0
     assert calls[0].startswith("apt-get install -y --no-install-recommends linux-generic ")
-    assert "nvidia-utils-580-server=580.173.02-0ubuntu0.24.04.1" in calls[0]
+    assert "nvidia-utils-580-server=580.178.04-0ubuntu0.24.04.1" in calls[0]
     assert any(c.startswith("apt-mark hold ") for c in calls) and "update-initramfs -u" in calls
     assert not any(c.startswith("modprobe") for c in calls)  # nouveau holds the GPU: only a reboot helps
     assert [c for c in calls if c.startswith("shutdown")] == \

@@ -24,9 +24,9 @@ from builder.testbed.mirror import write_mirror
 from tests.conftest import DEFAULT_MODEL
 
 OLD_DRIVER = "550.127.05-0ubuntu0.24.04.1"
-SECURITY_DRIVER = "580.159.03-0ubuntu0.24.04.1"  # only noble-security still has it
+SECURITY_DRIVER = "580.173.02-0ubuntu0.24.04.1"  # only noble-security still has it
 APT_MODULES_ERROR = ("linux-modules-nvidia-580-server-generic : Depends: nvidia-kernel-common-580-server "
-                     "(>= 580.173.02) but 580.159.03-0ubuntu0.24.04.1 is to be installed")
+                     "(>= 580.178.04) but 580.173.02-0ubuntu0.24.04.1 is to be installed")
 APT_TOOLKIT_ERROR = ("nvidia-container-toolkit : Depends: nvidia-container-toolkit-base (= 1.17.8-1) "
                      "but 1.18.2-1 is to be installed")
 
@@ -48,7 +48,7 @@ def _old_model_text() -> str:
     """Today's values in the new shape: the 550-server driver pin and the toolkit at 1.17.8-1."""
     text = DEFAULT_MODEL.read_text()
     return (text.replace("branch: 580-server", "branch: 550-server")
-                .replace("580.173.02-0ubuntu0.24.04.1", OLD_DRIVER)
+                .replace("580.178.04-0ubuntu0.24.04.1", OLD_DRIVER)
                 .replace("version: 1.18.2-1", "version: 1.17.8-1"))
 
 
@@ -134,23 +134,70 @@ def test_missing_toolkit_version_is_reported_for_the_family(mirror, write_model)
     assert {p.line for p in report.errors} == {_line_of(text, "version: 1.18.9-1")}
 
 
-def test_retired_branch_is_transitional_and_misses_the_kernel(mirror, write_model) -> None:
-    """noble-updates' 550-server is a transitional build; its prebuilt modules stop at an older kernel ABI."""
+def test_retired_branch_is_only_transitional(mirror, write_model) -> None:
+    """noble-updates' 550-server is a transitional build: it resolves, but installs another branch."""
     _, _, ov = mirror
     text = DEFAULT_MODEL.read_text().replace("branch: 580-server", "branch: 550-server") \
-        .replace("580.173.02-0ubuntu0.24.04.1", "550.163.01-0ubuntu0.24.04.2")
+        .replace("580.178.04-0ubuntu0.24.04.1", "550.163.01-0ubuntu0.24.04.2")
     report = check_pins_online(load_model(write_model(text=text)), 10, ov)
-    warnings = [p.message for p in report.problems if p.severity == "warning"]
-    assert any("transitional package" in w for w in warnings), report.problems
     assert report.status == "failed"
-    assert any("linux-modules-nvidia-550-server-generic 6.8.0-147.147 is built for another kernel than "
-               "linux-generic 6.8.0-149.149" in p.message for p in report.errors), report.problems
+    msgs = [p.message for p in report.errors]
+    assert any("nvidia-headless-no-dkms-550-server 550.163.01-0ubuntu0.24.04.2 is only a transitional package to "
+               "nvidia-headless-no-dkms-570-server" in m for m in msgs), msgs
+    # noble's 570-server says it only by depending on the 580 package: found all the same.
+    text = text.replace("branch: 550-server", "branch: 570-server") \
+        .replace("550.163.01-0ubuntu0.24.04.2", "570.211.01-0ubuntu1.24.04.1")
+    report = check_pins_online(load_model(write_model(text=text, name="570.yaml")), 10, ov)
+    assert any("transitional package to nvidia-utils-580-server" in p.message for p in report.errors), report.problems
+
+
+class MemoryIndexSource:
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    def fetch(self, url: str) -> bytes | None:
+        return self.files.get(url)
+
+
+def test_modules_left_behind_by_the_kernel_are_reported(write_model) -> None:
+    """A branch whose prebuilt modules stop at an older ABI than the kernel metapackage installs."""
+    from builder.seed.pins import check_pins_report, index_files
+    from builder.testbed import mirror as mk
+
+    model = load_model()
+    ov = {"ubuntu": "mem://u", "docker": "mem://d", "nvidia": "mem://n"}
+    old_abi = [p for p in mk.kernel("6.8.0-149", "6.8.0-149.149") if "6.8.0-149" in p.name]
+    pins = {"main": [*mk.BASE, *mk.kernel("6.8.0-151", "6.8.0-151.151"), *old_abi],
+            "restricted": [*mk.driver_branch("580-server", "580.178.04-0ubuntu0.24.04.1"),
+                           *mk.prebuilt_modules("580-server", "6.8.0-149", "6.8.0-149.149",
+                                                "580.178.04-0ubuntu0.24.04.1")]}
+    files = {}
+    for f in index_files(model, ov):
+        pkgs = (mk.docker_packages() if f.repo == "docker" else mk.toolkit_packages() if f.repo == "nvidia"
+                else pins.get(f.label.rsplit("/", 1)[1], []) if "noble-updates" in f.label else [])
+        files[f.url] = "\n".join(p.stanza("pool") for p in pkgs).encode()
+    report = check_pins_report(model, MemoryIndexSource(files), ov)
+    assert report.status == "failed"
+    assert [p.message for p in report.errors] == [
+        "linux-modules-nvidia-580-server-generic 6.8.0-149.149 brings NVIDIA modules for 6.8.0-149, but "
+        "linux-generic 6.8.0-151.151 installs kernel 6.8.0-151: after the reboot the nvidia module would not load "
+        "(is the branch still built for the current kernel?) [NVIDIA driver step]"]
+    assert report.errors[0].path == "nvidia.driver.kernel_flavour"
+
+
+def test_partial_when_a_vendor_repository_is_unreachable(mirror) -> None:
+    _, _, ov = mirror
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    report = check_pins_online(load_model(), 5, {**ov, "docker": closed})
+    assert report.status == "partial" and not report.problems
+    assert len(report.skipped) == 1 and report.skipped[0].startswith("first-boot `packages:`")
+    assert "127.0.0.1" in report.detail
 
 
 def test_a_version_only_in_security_still_resolves(mirror, write_model) -> None:
     """Ubuntu's pockets each keep one version: the older 580 build survives only in noble-security."""
     _, _, ov = mirror
-    text = DEFAULT_MODEL.read_text().replace("580.173.02-0ubuntu0.24.04.1", SECURITY_DRIVER)
+    text = DEFAULT_MODEL.read_text().replace("580.178.04-0ubuntu0.24.04.1", SECURITY_DRIVER)
     report = check_pins_online(load_model(write_model(text=text)), 10, ov)
     # The pin exists (its (= V) siblings follow it through the family pin), but the newest prebuilt
     # modules want a newer nvidia-kernel-common than the pin brings.
@@ -231,8 +278,8 @@ def test_real_apt_resolves_the_rendered_transactions(mirror, tmp_path, write_mod
     assert "Inst nvidia-container-toolkit-base (1.18.2-1" in sim.stdout
     assert "Inst docker-ce (5:29.0.0-1~ubuntu.24.04~noble" in sim.stdout  # unpinned: newest
     drv = _apt(root, "install", "-s", *[p.apt_arg for p in plan.driver])
-    assert "Inst linux-modules-nvidia-580-server-6.8.0-149-generic (6.8.0-149.149" in drv.stdout
-    assert "Inst linux-image-6.8.0-149-generic (6.8.0-149.149" in drv.stdout
+    assert "Inst linux-modules-nvidia-580-server-6.8.0-151-generic (6.8.0-151.151" in drv.stdout
+    assert "Inst linux-image-6.8.0-151-generic (6.8.0-151.151" in drv.stdout
 
     # Today's one transaction (toolkit pinned alone) fails in apt with the message validate quotes.
     old = package_plan(load_model(write_model(text=_old_model_text())))
@@ -246,12 +293,13 @@ def test_real_apt_resolves_the_rendered_transactions(mirror, tmp_path, write_mod
     # The driver family pin (a preferences regex) makes apt take the siblings at the pinned version too:
     # with the noble-security build, apt then stops exactly where validate does, at the prebuilt modules.
     sec = package_plan(load_model(write_model(
-        text=DEFAULT_MODEL.read_text().replace("580.173.02-0ubuntu0.24.04.1", SECURITY_DRIVER), name="sec.yaml")))
+        text=DEFAULT_MODEL.read_text().replace("580.178.04-0ubuntu0.24.04.1", SECURITY_DRIVER), name="sec.yaml")))
     root = _apt_root(tmp_path / "sec", m.sources_list(base), sec.apt_preferences)
     sim = _apt(root, "install", "-s", *[p.apt_arg for p in sec.driver])
     assert sim.returncode != 0
-    assert APT_MODULES_ERROR in sim.stdout + sim.stderr
+    module_meta, _, dep = APT_MODULES_ERROR.partition(" : ")
+    assert f" {module_meta} : " in sim.stdout and dep in sim.stdout, sim.stdout  # apt: one line per Depends
     without_modules = [p.apt_arg for p in sec.driver if p.name != sec.modules_meta]
     sim = _apt(root, "install", "-s", *without_modules)
     assert sim.returncode == 0, sim.stdout + sim.stderr
-    assert "Inst nvidia-kernel-common-580-server (580.159.03-0ubuntu0.24.04.1" in sim.stdout
+    assert "Inst nvidia-kernel-common-580-server (580.173.02-0ubuntu0.24.04.1" in sim.stdout

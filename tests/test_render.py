@@ -151,9 +151,9 @@ def test_first_boot_policy_content() -> None:
     assert not any("nvidia-headless" in str(p) or "nvidia-driver" in str(p) for p in ud["packages"])
     assert ud["runcmd"][-1] == ["/usr/local/sbin/prometheus-nvidia-driver"]
     script = files_by_path["/usr/local/sbin/prometheus-nvidia-driver"]
-    assert '"nvidia-headless-no-dkms-580-server=580.173.02-0ubuntu0.24.04.1"' in script
+    assert '"nvidia-headless-no-dkms-580-server=580.178.04-0ubuntu0.24.04.1"' in script
     assert '"linux-modules-nvidia-580-server-generic"' in script and "dkms" not in script.replace("no-dkms", "")
-    assert "Pin: version 580.173.02-0ubuntu0.24.04.1" in files_by_path["/etc/apt/preferences.d/90-prometheus-pins"]
+    assert "Pin: version 580.178.04-0ubuntu0.24.04.1" in files_by_path["/etc/apt/preferences.d/90-prometheus-pins"]
     assert not any("snap" in str(p) for p in ud["packages"])
     mounts = {m[1]: m[3].split(",") for m in ud["mounts"]}
     assert "ro" in mounts["/mnt/atlas/managed-media"] and "rw" in mounts["/mnt/atlas/appdata"]

@@ -55,19 +55,19 @@ DOCKER = (
 )
 # The driver as the model renders it: signed prebuilt modules + no-DKMS userspace, the (= V) family,
 # and the kernel metapackages it is held with. The newest version is above the model's pin.
-DRV = ("580.159.03-0ubuntu0.24.04.1", "580.173.02-0ubuntu0.24.04.1", "580.182.01-0ubuntu0.24.04.1")
+DRV = ("580.173.02-0ubuntu0.24.04.1", "580.178.04-0ubuntu0.24.04.1", "580.182.01-0ubuntu0.24.04.1")  # last: fictional
 NVIDIA_DRIVER = (
     StubPackage("nvidia-headless-no-dkms-580-server", DRV, (),
                 depends="nvidia-kernel-common-580-server (= @VERSION@)", description="NVIDIA headless - no DKMS"),
     StubPackage("nvidia-utils-580-server", DRV, (("usr/bin/nvidia-smi", "nvidia-smi"),),
                 depends="nvidia-kernel-common-580-server (= @VERSION@)", description="NVIDIA driver utilities"),
     StubPackage("nvidia-kernel-common-580-server", DRV, (), description="NVIDIA kernel module common files"),
-    StubPackage("linux-modules-nvidia-580-server-generic", ("6.8.0-149.149",), (),
-                depends="nvidia-kernel-common-580-server (>= 580.159.03)", description="signed NVIDIA modules"),
-    StubPackage("linux-generic", ("6.8.0-149.149",), (), depends="linux-image-generic, linux-headers-generic",
+    StubPackage("linux-modules-nvidia-580-server-generic", ("6.8.0-151.151",), (),
+                depends="nvidia-kernel-common-580-server (>= 580.173.02)", description="signed NVIDIA modules"),
+    StubPackage("linux-generic", ("6.8.0-151.151",), (), depends="linux-image-generic, linux-headers-generic",
                 description="kernel metapackage (empty)"),
-    StubPackage("linux-image-generic", ("6.8.0-149.149",), (), description="kernel image metapackage (empty)"),
-    StubPackage("linux-headers-generic", ("6.8.0-149.149",), (), description="kernel headers metapackage (empty)"),
+    StubPackage("linux-image-generic", ("6.8.0-151.151",), (), description="kernel image metapackage (empty)"),
+    StubPackage("linux-headers-generic", ("6.8.0-151.151",), (), description="kernel headers metapackage (empty)"),
 )
 TK = ("1.17.8-1", "1.18.2-1")
 NVIDIA_TOOLKIT = (

@@ -169,5 +169,16 @@ class BinaryPackage:
                    st.get("Description", "").split("\n", 1)[0], origin)
 
     @property
-    def transitional(self) -> bool:
-        return "transitional" in self.description.lower()
+    def transitional(self) -> str | None:
+        """The package this one only hands over to (a retired branch), or None.
+
+        Said in the description, or only by depending on its own name with another number
+        (noble's nvidia-headless-no-dkms-570-server depends on ...-580-server)."""
+        stem = re.sub(r"\d+", "#", self.name)
+        for clause in self.depends:
+            for alt in clause:
+                if alt.name != self.name and re.sub(r"\d+", "#", alt.name) == stem:
+                    return alt.name
+        if "transitional" in self.description.lower() and len(self.depends) == 1:
+            return self.depends[0][0].name
+        return None

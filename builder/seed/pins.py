@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from builder.errors import BuilderError, Problem
 from builder.model import HostModel
 from builder.seed.debian import Alternative, BinaryPackage, compare_versions, parse_stanzas, satisfies
-from builder.seed.packages import FamilyPin, PackagePlan, Pin, package_plan
+from builder.seed.packages import TOOLKIT_FAMILY, FamilyPin, PackagePlan, Pin, package_plan
 from builder.typedparse import Collector
 from builder.yamlsrc import PathKey, Source, load_yaml_file
 
@@ -141,6 +141,7 @@ class Indices:
     packages: dict[str, list[BinaryPackage]] = field(default_factory=dict)
     providers: dict[str, list[BinaryPackage]] = field(default_factory=dict)
     read: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # repo name -> why
 
     def add(self, pkg: BinaryPackage) -> None:
         versions = self.packages.setdefault(pkg.name, [])
@@ -153,9 +154,16 @@ class Indices:
 
 def load_indices(model: HostModel, source: IndexSource, overrides: Mapping[str, str] | None,
                  c: Collector) -> Indices:
+    """Read every index; a repository that cannot be reached is recorded in `unreachable`, not fatal."""
     idx = Indices()
     for f in index_files(model, overrides):
-        data = _read(source, f)
+        if f.repo in idx.unreachable:
+            continue
+        try:
+            data = _read(source, f)
+        except IndexUnavailable as exc:
+            idx.unreachable[f.repo] = str(exc)
+            continue
         if data is None:
             if f.repo in ("docker", "nvidia") or f.label.endswith("/main"):
                 c.add(f.field, f"repository index not found (HTTP 404): {f.url}; apt-get update would fail")
@@ -246,9 +254,9 @@ class Transaction:
                 continue
             self.chosen[match.name] = (match, pin)
             queue.append(match.name)
-            if pin.version and match.transitional:
-                findings.append(Finding(pin, f"{pin.name} {pin.version} is a transitional package "
-                                             f"({match.description}): the branch has moved on", "warning"))
+            if match.transitional:
+                findings.append(Finding(pin, f"{pin.name} {match.version} is only a transitional package to "
+                                             f"{match.transitional}: the branch has moved on; model that one"))
         while queue:
             pkg, root = self.chosen[queue.pop(0)]
             for clause in pkg.depends:
@@ -290,60 +298,109 @@ def _collector(model: HostModel) -> Collector:
     return Collector(src)
 
 
-def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[Problem]:
-    """Replay the plan's transactions against the indices; add each finding to `c` (and return them)."""
-    before = len(c.problems)
+def _needs(plan: PackagePlan) -> dict[str, set[str]]:
+    """Which repositories each transaction reads from (a transaction is skipped when one is unreachable)."""
+    first = {"ubuntu", "ubuntu-security", "docker"}
+    if any(p.name in TOOLKIT_FAMILY for p in plan.first_boot):
+        first.add("nvidia")
+    return {INSTALLER: {"ubuntu", "ubuntu-security"}, FIRST_BOOT: first, DRIVER: {"ubuntu", "ubuntu-security"}}
+
+
+INSTALLER, FIRST_BOOT, DRIVER = ("installer `packages:`", "first-boot `packages:` (one apt transaction)",
+                                 "NVIDIA driver step")
+
+
+def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[str]:
+    """Replay the plan's transactions against the indices, adding each finding to `c`.
+
+    Returns the transactions that were skipped because a repository they need was unreachable."""
+    skipped = []
     transactions = (
-        ("installer `packages:`", [Pin(n, None, ("apt", "ubuntu_mirror")) for n in plan.install_time]),
-        ("first-boot `packages:` (one apt transaction)", list(plan.first_boot)),
-        ("NVIDIA driver step", list(plan.driver)),
+        (INSTALLER, [Pin(n, None, ("apt", "ubuntu_mirror")) for n in plan.install_time]),
+        (FIRST_BOOT, list(plan.first_boot)),
+        (DRIVER, list(plan.driver)),
     )
+    needs = _needs(plan)
     for what, pins in transactions:
         if not pins:
+            continue
+        missing = sorted(needs[what] & set(idx.unreachable))
+        if missing:
+            skipped.append(f"{what} ({'; '.join(idx.unreachable[r] for r in missing)})")
             continue
         tx = Transaction(idx, plan.preferences, plan.family_pins)
         for f in tx.run(pins):
             c.add(f.pin.field, f"{f.message} [{what}]", f.severity)
-        kernel, modules = tx.chosen.get(plan.kernel_meta), tx.chosen.get(plan.modules_meta)
-        if kernel and modules and kernel[0].version != modules[0].version:
-            c.add(modules[1].field,
-                  f"{plan.modules_meta} {modules[0].version} is built for another kernel than {plan.kernel_meta} "
-                  f"{kernel[0].version}: after the reboot the nvidia module would not load (is the branch still "
-                  f"built for the current kernel?) [{what}]")
-    return c.problems[before:]
+        if what == DRIVER:
+            _check_abi(plan, tx, c, what)
+    return skipped
 
 
-def check_pins(model: HostModel, indices: IndexSource, overrides: Mapping[str, str] | None = None,
-               plan: PackagePlan | None = None) -> list[Problem]:
-    """Every pin of the model's package plan that is missing or does not resolve, as file:line problems.
-
-    Raises IndexUnavailable when a repository cannot be reached at all."""
-    c = _collector(model)
-    idx = load_indices(model, indices, overrides, c)
-    check_plan(plan or package_plan(model), idx, c)
-    return list(c.problems)
+def _check_abi(plan: PackagePlan, tx: Transaction, c: Collector, what: str) -> None:
+    """The signed modules apt would install must be built for the kernel the flavour's metapackage installs."""
+    if plan.modules_meta not in tx.chosen or plan.kernel_meta not in tx.chosen:
+        return
+    flavour = plan.kernel_meta.removeprefix("linux-")
+    image_meta = tx.chosen.get(f"linux-image-{flavour}")
+    image_rx = re.compile(rf"linux-image-(\d[\w.]*-\d+)-{re.escape(flavour)}")
+    kernel_abis = {m.group(1) for clause in (image_meta[0].depends if image_meta else ()) for alt in clause
+                   if (m := image_rx.fullmatch(alt.name))}
+    mod_rx = re.compile(rf"linux-modules-nvidia-.+-(\d[\w.]*-\d+)-{re.escape(flavour)}")
+    module_abis = {m.group(1) for name in tx.chosen if (m := mod_rx.fullmatch(name))}
+    if kernel_abis and not kernel_abis & module_abis:
+        field = tx.chosen[plan.modules_meta][1].field
+        built = ", ".join(sorted(module_abis)) or "no kernel"
+        c.add(field, f"{plan.modules_meta} {tx.chosen[plan.modules_meta][0].version} brings NVIDIA modules for "
+                     f"{built}, but {plan.kernel_meta} {tx.chosen[plan.kernel_meta][0].version} installs kernel "
+                     f"{', '.join(sorted(kernel_abis))}: after the reboot the nvidia module would not load (is the "
+                     f"branch still built for the current kernel?) [{what}]")
 
 
 @dataclass(frozen=True)
 class PinReport:
-    status: str  # passed | failed | skipped
+    status: str  # passed | failed | partial (some transactions skipped, no error) | skipped (nothing checked)
     problems: tuple[Problem, ...] = ()
     detail: str = ""
+    skipped: tuple[str, ...] = ()  # the transactions not checked, each with why
 
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
 
+def check_pins_report(model: HostModel, indices: IndexSource, overrides: Mapping[str, str] | None = None,
+                      plan: PackagePlan | None = None) -> PinReport:
+    plan = plan or package_plan(model)
+    c = _collector(model)
+    idx = load_indices(model, indices, overrides, c)
+    skipped = tuple(check_plan(plan, idx, c))
+    problems = tuple(c.problems)
+    errors = [p for p in problems if p.severity == "error"]
+    checked = 3 - len(skipped) - (0 if plan.install_time else 1)
+    if errors:
+        status = "failed"
+    elif not checked:
+        status = "skipped"
+    else:
+        status = "partial" if skipped else "passed"
+    read = sorted({f.split()[0] for f in idx.read})
+    detail = (f"{len(plan.preferences) + len(plan.family_pins)} pin(s) checked against {', '.join(read) or 'nothing'}"
+              if checked else "package pins not checked")
+    if skipped:
+        detail += "; skipped, repository unreachable: " + ", ".join(skipped)
+    return PinReport(status, problems, detail, skipped)
+
+
+def check_pins(model: HostModel, indices: IndexSource, overrides: Mapping[str, str] | None = None,
+               plan: PackagePlan | None = None) -> list[Problem]:
+    """Every pin of the model's package plan that is missing or does not resolve, as file:line problems.
+
+    Transactions that need an unreachable repository are skipped (see check_pins_report for which)."""
+    return list(check_pins_report(model, indices, overrides, plan).problems)
+
+
 def check_pins_online(model: HostModel, timeout: float = 30.0, overrides: Mapping[str, str] | None = None,
                       plan: PackagePlan | None = None) -> PinReport:
-    """Download the real indices and check the plan; offline it reports `skipped`, naming what was unreachable."""
+    """Download the real indices and check the plan; what cannot be reached is reported skipped, by name."""
     ov = overrides_from_env() | dict(overrides or {})
-    try:
-        problems = check_pins(model, HttpIndexSource(timeout), ov, plan)
-    except IndexUnavailable as exc:
-        return PinReport("skipped", (), f"package pins not checked: repository unreachable ({exc})")
-    errors = [p for p in problems if p.severity == "error"]
-    n = len(package_plan(model).preferences) if plan is None else len(plan.preferences)
-    detail = f"{n} pin(s) checked against {', '.join(sorted({f.repo for f in index_files(model, ov)}))}"
-    return PinReport("failed" if errors else "passed", tuple(problems), detail)
+    return check_pins_report(model, HttpIndexSource(timeout), ov, plan)

@@ -6,10 +6,13 @@ Only indices (`Packages`, `Packages.gz`, `Release`): enough for `builder validat
 - Ubuntu's pockets hold ONE version of a package each, and `noble`, `noble-updates` and
   `noble-security` differ; an older pin survives only while some pocket still carries it.
 - The 550-server branch is retired inside 24.04: noble-updates has `550.163.01-0ubuntu0.24.04.2`, a
-  transitional package pulling 570-server, itself transitional to 580-server; noble-security still
-  has the real `550.163.01-0ubuntu0.24.04.1`.
-- The driver packages depend on each other with `(= V)`; the signed prebuilt modules metapackage
-  `linux-modules-nvidia-<branch>-generic` is versioned like the kernel and depends on the ABI package.
+  transitional package pulling 570-server, itself transitional to 580-server (noble's 570 packages say
+  so only by that dependency); noble-security still has the real `550.163.01-0ubuntu0.24.04.1`; the
+  550/570 prebuilt-modules metapackages are dummy transitional packages to the next branch.
+- The driver packages depend on each other with `(= V)` (and kernel-common with `(<= V-1)`, `(>= V)`); the
+  signed prebuilt modules metapackage `linux-modules-nvidia-<branch>-generic` is versioned like the kernel
+  and depends on the ABI package, which depends on that kernel's image. Field shapes follow noble's
+  real indices (read 2026-12).
 - Docker's and NVIDIA's repositories keep many versions. NVIDIA's toolkit depends on its `-base` with
   `(= V)`, on `libnvidia-container-tools` with `(>= V)` up to 1.17.x and `(= V)` from 1.18.0.
 """
@@ -57,98 +60,148 @@ class Pkg:
 
 
 def kernel(abi: str, version: str) -> list[Pkg]:
-    """linux-generic at one ABI (e.g. abi 6.8.0-149, version 6.8.0-149.149)."""
+    """linux-generic at one ABI (e.g. abi 6.8.0-151, version 6.8.0-151.151), Depends as noble has them."""
     return [
         Pkg("linux-generic", version, f"linux-image-generic (= {version}), linux-headers-generic (= {version})",
-            description="Complete Generic Linux kernel and headers"),
-        Pkg("linux-image-generic", version, f"linux-image-{abi}-generic", description="Generic Linux kernel image"),
+            description="Complete Generic Linux kernel and headers", section="kernel"),
+        Pkg("linux-image-generic", version, f"linux-image-{abi}-generic, linux-modules-extra-{abi}-generic, "
+            "linux-firmware, intel-microcode, amd64-microcode", description="Generic Linux kernel image",
+            section="kernel"),
         Pkg("linux-headers-generic", version, f"linux-headers-{abi}-generic",
-            description="Generic Linux kernel headers"),
-        Pkg(f"linux-image-{abi}-generic", version, "", description=f"Signed kernel image generic {abi}"),
-        Pkg(f"linux-headers-{abi}-generic", version, "", description=f"Linux kernel headers for {abi}"),
-    ]
-
-
-def prebuilt_modules(branch: str, abi: str, kver: str, min_driver: str) -> list[Pkg]:
-    """Canonical's signed prebuilt modules for one kernel ABI (source linux-restricted-modules)."""
-    return [
-        Pkg(f"linux-modules-nvidia-{branch}-generic", kver,
-            f"linux-modules-nvidia-{branch}-{abi}-generic (= {kver}), nvidia-kernel-common-{branch} (>= {min_driver})",
-            description=f"Extra drivers for nvidia-{branch} for the generic flavour", section="kernel"),
-        Pkg(f"linux-modules-nvidia-{branch}-{abi}-generic", kver,
-            f"linux-image-{abi}-generic | linux-image-unsigned-{abi}-generic, "
-            f"linux-signatures-nvidia-{abi}-generic (= {kver})",
-            description=f"Linux kernel nvidia modules for version {abi}", section="kernel"),
-        Pkg(f"linux-signatures-nvidia-{abi}-generic", kver, "", description=f"Linux kernel signatures for {abi}",
+            description="Generic Linux kernel headers", section="kernel"),
+        Pkg(f"linux-image-{abi}-generic", version, f"kmod, linux-base (>= 4.5ubuntu1~16.04.1), "
+            f"linux-modules-{abi}-generic", provides="linux-image", description="Signed kernel image generic",
+            section="kernel"),
+        Pkg(f"linux-modules-{abi}-generic", version, "", description=f"Linux kernel extra modules for {abi}",
+            section="kernel"),
+        Pkg(f"linux-modules-extra-{abi}-generic", version, f"linux-modules-{abi}-generic",
+            description=f"Linux kernel extra modules for {abi}", section="kernel"),
+        Pkg(f"linux-headers-{abi}-generic", version, "", description=f"Linux kernel headers for {abi}",
             section="kernel"),
     ]
 
 
-def driver_branch(branch: str, version: str) -> list[Pkg]:
-    """One version of an Ubuntu NVIDIA server branch: the no-DKMS headless set and its (= V) family."""
-    upstream = version.split("-")[0]
+def prebuilt_modules(branch: str, abi: str, kver: str, driver: str) -> list[Pkg]:
+    """Canonical's signed prebuilt modules for one kernel ABI (source linux-restricted-modules)."""
+    upstream = driver.split("-")[0]
     return [
-        Pkg(f"nvidia-headless-no-dkms-{branch}", version,
-            f"nvidia-kernel-common-{branch} (= {version}), libnvidia-compute-{branch} (= {version}), "
-            f"nvidia-compute-utils-{branch} (= {version}), libnvidia-cfg1-{branch} (= {version})",
-            description="NVIDIA headless metapackage - no DKMS", section="libs"),
-        Pkg(f"nvidia-utils-{branch}", version,
-            f"libc6 (>= 2.34), libnvidia-compute-{branch} (>= {upstream}), nvidia-kernel-common-{branch}-{upstream}",
-            description="NVIDIA Server Driver support binaries", section="utils"),
-        Pkg(f"nvidia-kernel-common-{branch}", version, "", provides=f"nvidia-kernel-common-{branch}-{upstream}",
-            description="Shared files used with the kernel module", section="libs"),
-        Pkg(f"libnvidia-compute-{branch}", version, "libc6 (>= 2.34)", description="NVIDIA libcompute package",
-            section="libs"),
-        Pkg(f"nvidia-compute-utils-{branch}", version, f"libnvidia-compute-{branch} (= {version})",
-            description="NVIDIA compute utilities", section="libs"),
-        Pkg(f"libnvidia-cfg1-{branch}", version, "libc6 (>= 2.34)",
-            description="NVIDIA binary OpenGL/GLX configuration library", section="libs"),
+        Pkg(f"linux-modules-nvidia-{branch}-generic", kver,
+            f"linux-modules-nvidia-{branch}-{abi}-generic (= {kver}), nvidia-kernel-common-{branch} (>= {upstream})",
+            provides=f"nvidia-dkms-{branch} (= {driver}), nvidia-prebuilt-kernel",
+            description=f"Extra drivers for nvidia-{branch} for the generic flavour", section="kernel"),
+        Pkg(f"linux-modules-nvidia-{branch}-{abi}-generic", kver,
+            f"debconf (>= 0.5) | debconf-2.0, linux-image-{abi}-generic | linux-image-unsigned-{abi}-generic, "
+            f"linux-signatures-nvidia-{abi}-generic (= {kver}), "
+            f"linux-objects-nvidia-{branch}-{abi}-generic (= {kver}), "
+            f"nvidia-kernel-common-{branch} (>= {upstream})",
+            description=f"Linux kernel nvidia modules for version {abi}", section="kernel"),
+        Pkg(f"linux-objects-nvidia-{branch}-{abi}-generic", kver, "binutils",
+            description=f"Linux kernel nvidia modules for version {abi} (objects)", section="kernel"),
+        Pkg(f"linux-signatures-nvidia-{abi}-generic", kver,
+            f"linux-image-{abi}-generic | linux-image-unsigned-{abi}-generic",
+            description=f"Linux kernel signatures for nvidia modules for version {abi}-generic", section="kernel"),
     ]
 
 
-def transitional_branch(branch: str, version: str, to: str) -> list[Pkg]:
-    """A retired branch inside the release: same names, each a transitional package to the next branch."""
+def transitional_modules(branch: str, kver: str, to: str) -> Pkg:
+    return Pkg(f"linux-modules-nvidia-{branch}-generic", kver, f"linux-modules-nvidia-{to}-generic",
+               description=f"Extra drivers for nvidia-{branch} for the generic flavour (dummy transitional package)",
+               section="kernel")
+
+
+def driver_branch(branch: str, version: str) -> list[Pkg]:
+    """One version of an Ubuntu NVIDIA server branch: the no-DKMS headless set, Depends as noble-updates has them."""
+    up = version.split("-")[0]
+    return [
+        Pkg(f"nvidia-headless-no-dkms-{branch}", version,
+            f"nvidia-kernel-common-{branch} (<= {up}-1), nvidia-kernel-common-{branch} (>= {up}), "
+            f"nvidia-kernel-source-{branch} (= {version}), libnvidia-compute-{branch} (= {version}), "
+            f"nvidia-compute-utils-{branch} (= {version}), libnvidia-cfg1-{branch} (= {version})",
+            description="NVIDIA headless metapackage - no DKMS", section="libs"),
+        Pkg(f"nvidia-utils-{branch}", version,
+            f"nvidia-kernel-common-{branch}-{up}, libc6 (>= 2.34), libnvidia-compute-{branch} (>= {up})",
+            provides="nvidia-smi, nvidia-utils", description="NVIDIA Server Driver support binaries", section="utils"),
+        Pkg(f"nvidia-kernel-common-{branch}", version,
+            f"libc6 (>= 2.38), libpciaccess0 (>= 0.10.7), nvidia-firmware-{branch}-{up}",
+            provides=f"nvidia-kernel-common, nvidia-kernel-common-{branch}-{up}",
+            description="Shared files used with the kernel module", section="libs"),
+        Pkg(f"nvidia-firmware-{branch}", version, "", provides=f"nvidia-firmware-{branch}-{up}",
+            description="Firmware files used by the kernel module", section="libs"),
+        Pkg(f"nvidia-kernel-source-{branch}", version, "", provides="nvidia-kernel-source",
+            description="NVIDIA kernel source package", section="libs"),
+        Pkg(f"libnvidia-compute-{branch}", version,
+            f"nvidia-kernel-common-{branch}-{up}, ocl-icd-libopencl1, libc6 (>= 2.34), libgcc-s1 (>= 4.3), "
+            "libssl3t64 (>= 3.0.0)", provides=f"libnvidia-compute, libcuda1 (= {version})",
+            description="NVIDIA libcompute package", section="libs"),
+        Pkg(f"nvidia-compute-utils-{branch}", version, f"libnvidia-compute-{branch}, adduser, libc6 (>= 2.34)",
+            provides="nvidia-compute-utils, nvidia-persistenced", description="NVIDIA compute utilities",
+            section="libs"),
+        Pkg(f"libnvidia-cfg1-{branch}", version, f"nvidia-kernel-common-{branch}-{up}, libc6 (>= 2.34)",
+            provides="libnvidia-cfg1-any", description="NVIDIA binary OpenGL/GLX configuration library",
+            section="libs"),
+    ]
+
+
+def transitional_branch(branch: str, version: str, to: str, label: bool = True) -> list[Pkg]:
+    """A retired branch inside the release: same names, each depending on the next branch's package.
+
+    noble's 570-server packages say so only through that dependency (`label=False`)."""
+    def desc(what: str, to_pkg: str) -> str:
+        return f"Transitional package for {to_pkg}" if label else what
     return [
         Pkg(f"nvidia-headless-no-dkms-{branch}", version, f"nvidia-headless-no-dkms-{to}",
-            description=f"Transitional package for nvidia-headless-no-dkms-{to}", section="libs"),
+            description=desc("NVIDIA headless metapackage - no DKMS", f"nvidia-headless-no-dkms-{to}"),
+            section="libs"),
         Pkg(f"nvidia-utils-{branch}", version, f"nvidia-utils-{to}",
-            description=f"Transitional package for nvidia-utils-{to}", section="utils"),
+            description=desc("NVIDIA Server Driver support binaries", f"nvidia-utils-{to}"), section="utils"),
     ]
 
 
 BASE = [
-    Pkg("libc6", "2.39-0ubuntu8", description="GNU C Library: Shared libraries", section="libs"),
-    Pkg("libseccomp2", "2.5.5-1ubuntu3", "libc6 (>= 2.34)", section="libs"),
-    Pkg("iptables", "1.8.10-3ubuntu2", "libc6 (>= 2.34)", section="net"),
-    Pkg("rpcbind", "1.2.6-7ubuntu2", "libc6 (>= 2.34)", section="net"),
-    Pkg("nfs-common", "1:2.6.4-3ubuntu5", "libc6 (>= 2.34), rpcbind", section="net"),
-    Pkg("ca-certificates", "20240203", "", arch="all"),
-    Pkg("gnupg", "2.4.4-2ubuntu17", "", arch="all"),
+    Pkg(n, v, d, arch=a, section="libs") for n, v, d, a in (
+        ("libc6", "2.39-0ubuntu8", "", "amd64"), ("libgcc-s1", "14-20240412-0ubuntu1", "libc6 (>= 2.35)", "amd64"),
+        ("libseccomp2", "2.5.5-1ubuntu3", "libc6 (>= 2.34)", "amd64"),
+        ("libssl3t64", "3.0.13-0ubuntu3", "libc6 (>= 2.34)", "amd64"),
+        ("libpciaccess0", "0.17-3build1", "libc6 (>= 2.34)", "amd64"),
+        ("ocl-icd-libopencl1", "2.3.2-1build1", "libc6 (>= 2.34)", "amd64"),
+        ("iptables", "1.8.10-3ubuntu2", "libc6 (>= 2.34)", "amd64"), ("kmod", "31+20240202-2ubuntu7", "", "amd64"),
+        ("rpcbind", "1.2.6-7ubuntu2", "libc6 (>= 2.34)", "amd64"), ("binutils", "2.42-4ubuntu2", "", "amd64"),
+        ("nfs-common", "1:2.6.4-3ubuntu5", "libc6 (>= 2.38), rpcbind, adduser, ucf, keyutils", "amd64"),
+        ("keyutils", "1.6.3-3build1", "", "amd64"), ("ucf", "3.0043+nmu1", "debconf", "all"),
+        ("debconf", "1.5.86ubuntu1", "", "all"), ("adduser", "3.137ubuntu1", "", "all"),
+        ("ca-certificates", "20240203", "", "all"), ("gnupg", "2.4.4-2ubuntu17", "", "all"),
+        ("linux-base", "4.5ubuntu9", "", "all"), ("linux-firmware", "20240318.git3b128b60-0ubuntu2", "", "all"),
+        ("intel-microcode", "3.20240312.1build1", "", "amd64"), ("amd64-microcode", "3.20231019.1ubuntu2", "", "amd64"),
+    )
 ]
 
-# pocket -> component -> packages. One version per package per pocket, like Ubuntu's archive.
+# pocket -> component -> packages. One version per package per pocket, like Ubuntu's archive; the shapes
+# (and the 570/580 versions) are noble's indices as of 2026-12.
 UBUNTU: dict[str, dict[str, list[Pkg]]] = {
     CODENAME: {
         "main": [*BASE, *kernel("6.8.0-31", "6.8.0-31.31")],
-        "restricted": [*driver_branch("550-server", "550.67-0ubuntu3"),
-                       *prebuilt_modules("550-server", "6.8.0-31", "6.8.0-31.31", "550.67")],
+        "restricted": [*driver_branch("550-server", "550.54.15-0ubuntu1"),
+                       *prebuilt_modules("550-server", "6.8.0-31", "6.8.0-31.31", "550.54.15-0ubuntu1")],
         "universe": [Pkg("prometheus-node-exporter", "1.7.0-1ubuntu0.3", "libc6 (>= 2.34)")],
     },
     f"{CODENAME}-security": {
-        "main": [Pkg("nfs-common", "1:2.6.4-3ubuntu5.1", "libc6 (>= 2.34), rpcbind", section="net"),
-                 *kernel("6.8.0-147", "6.8.0-147.147")],
+        "main": [Pkg("nfs-common", "1:2.6.4-3ubuntu5.1", "libc6 (>= 2.38), rpcbind, adduser, ucf, keyutils",
+                     section="net"),
+                 *kernel("6.8.0-149", "6.8.0-149.149")],
         "restricted": [*driver_branch("550-server", "550.163.01-0ubuntu0.24.04.1"),
-                       *driver_branch("580-server", "580.159.03-0ubuntu0.24.04.1"),
-                       *prebuilt_modules("550-server", "6.8.0-147", "6.8.0-147.147", "550.163.01"),
-                       *prebuilt_modules("580-server", "6.8.0-147", "6.8.0-147.147", "580.159.03")],
+                       *driver_branch("580-server", "580.173.02-0ubuntu0.24.04.1"),
+                       *prebuilt_modules("580-server", "6.8.0-149", "6.8.0-149.149", "580.173.02-0ubuntu0.24.04.1")],
     },
     f"{CODENAME}-updates": {
-        "main": [Pkg("nfs-common", "1:2.6.4-3ubuntu5.1", "libc6 (>= 2.34), rpcbind", section="net"),
-                 *kernel("6.8.0-149", "6.8.0-149.149")],
+        "main": [Pkg("nfs-common", "1:2.6.4-3ubuntu5.1", "libc6 (>= 2.38), rpcbind, adduser, ucf, keyutils",
+                     section="net"),
+                 *kernel("6.8.0-151", "6.8.0-151.151")],
         "restricted": [*transitional_branch("550-server", "550.163.01-0ubuntu0.24.04.2", "570-server"),
-                       *transitional_branch("570-server", "570.195.03-0ubuntu0.24.04.2", "580-server"),
-                       *driver_branch("580-server", "580.173.02-0ubuntu0.24.04.1"),
-                       *prebuilt_modules("580-server", "6.8.0-149", "6.8.0-149.149", "580.173.02")],
+                       *transitional_branch("570-server", "570.211.01-0ubuntu1.24.04.1", "580-server", label=False),
+                       *driver_branch("580-server", "580.178.04-0ubuntu0.24.04.1"),
+                       transitional_modules("550-server", "6.8.0-110.110", "570-server"),
+                       transitional_modules("570-server", "6.8.0-110.110", "580-server"),
+                       *prebuilt_modules("580-server", "6.8.0-151", "6.8.0-151.151", "580.178.04-0ubuntu0.24.04.1")],
     },
 }
 
