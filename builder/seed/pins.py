@@ -310,11 +310,12 @@ INSTALLER, FIRST_BOOT, DRIVER = ("installer `packages:`", "first-boot `packages:
                                  "NVIDIA driver step")
 
 
-def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[str]:
+def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> tuple[list[str], list[str]]:
     """Replay the plan's transactions against the indices, adding each finding to `c`.
 
-    Returns the transactions that were skipped because a repository they need was unreachable."""
-    skipped = []
+    Returns (checked, skipped): the transactions replayed, and those skipped (with why) because a
+    repository they need was unreachable."""
+    checked, skipped = [], []
     transactions = (
         (INSTALLER, [Pin(n, None, ("apt", "ubuntu_mirror")) for n in plan.install_time]),
         (FIRST_BOOT, list(plan.first_boot)),
@@ -328,12 +329,13 @@ def check_plan(plan: PackagePlan, idx: Indices, c: Collector) -> list[str]:
         if missing:
             skipped.append(f"{what} ({'; '.join(idx.unreachable[r] for r in missing)})")
             continue
+        checked.append(what)
         tx = Transaction(idx, plan.preferences, plan.family_pins)
         for f in tx.run(pins):
             c.add(f.pin.field, f"{f.message} [{what}]", f.severity)
         if what == DRIVER:
             _check_abi(plan, tx, c, what)
-    return skipped
+    return checked, skipped
 
 
 def _check_abi(plan: PackagePlan, tx: Transaction, c: Collector, what: str) -> None:
@@ -373,10 +375,10 @@ def check_pins_report(model: HostModel, indices: IndexSource, overrides: Mapping
     plan = plan or package_plan(model)
     c = _collector(model)
     idx = load_indices(model, indices, overrides, c)
-    skipped = tuple(check_plan(plan, idx, c))
+    checked, skipped_list = check_plan(plan, idx, c)
+    skipped = tuple(skipped_list)
     problems = tuple(c.problems)
     errors = [p for p in problems if p.severity == "error"]
-    checked = 3 - len(skipped) - (0 if plan.install_time else 1)
     if errors:
         status = "failed"
     elif not checked:
@@ -384,7 +386,7 @@ def check_pins_report(model: HostModel, indices: IndexSource, overrides: Mapping
     else:
         status = "partial" if skipped else "passed"
     read = sorted({f.split()[0] for f in idx.read})
-    detail = (f"{len(plan.preferences) + len(plan.family_pins)} pin(s) checked against {', '.join(read) or 'nothing'}"
+    detail = (f"{'; '.join(checked)} replayed against {', '.join(read) or 'nothing'}"
               if checked else "package pins not checked")
     if skipped:
         detail += "; skipped, repository unreachable: " + ", ".join(skipped)
