@@ -160,3 +160,11 @@ def test_driver_script_passes_shellcheck(tmp_path: Path) -> None:
     script.write_text(package_plan(load_model()).driver_script)
     proc = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_docker_version_pins_engine_and_cli(write_model) -> None:
+    text = DEFAULT_MODEL.read_text().replace("  version: null ", '  version: "5:28.5.2-1~ubuntu.24.04~noble" ')
+    plan = package_plan(load_model(write_model(text=text)))
+    pinned = {p.name: p.version for p in plan.first_boot if p.version and p.name.startswith("docker")}
+    assert pinned == {"docker-ce": "5:28.5.2-1~ubuntu.24.04~noble", "docker-ce-cli": "5:28.5.2-1~ubuntu.24.04~noble"}
+    assert "Package: docker-ce\nPin: version 5:28.5.2-1~ubuntu.24.04~noble\nPin-Priority: 1001" in plan.apt_preferences

@@ -303,3 +303,14 @@ def test_real_apt_resolves_the_rendered_transactions(mirror, tmp_path, write_mod
     sim = _apt(root, "install", "-s", *without_modules)
     assert sim.returncode == 0, sim.stdout + sim.stderr
     assert "Inst nvidia-kernel-common-580-server (580.173.02-0ubuntu0.24.04.1" in sim.stdout
+
+
+def test_docker_pin_checked_in_the_one_transaction(mirror, write_model) -> None:
+    _, _, ov = mirror
+    good = DEFAULT_MODEL.read_text().replace("  version: null ", '  version: "5:28.5.2-1~ubuntu.24.04~noble" ')
+    assert check_pins_online(load_model(write_model(text=good)), 10, ov).status == "passed"
+    bad = good.replace("5:28.5.2-1", "5:28.1.1-1")
+    report = check_pins_online(load_model(write_model(text=bad, name="bad.yaml")), 10, ov)
+    assert {(p.path, p.line) for p in report.errors} == {("docker.version", _line_of(bad, "5:28.1.1-1"))}
+    assert any("E: Version '5:28.1.1-1~ubuntu.24.04~noble' for 'docker-ce' was not found" in p.message
+               for p in report.errors)

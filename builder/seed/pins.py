@@ -185,6 +185,10 @@ class Finding:
     severity: str = "error"
 
 
+def _by_version(a: BinaryPackage, b: BinaryPackage) -> int:
+    return compare_versions(a.version, b.version)
+
+
 class Transaction:
     def __init__(self, idx: Indices, preferences: Iterable[Pin], families: Iterable[FamilyPin] = ()) -> None:
         self.idx = idx
@@ -196,7 +200,7 @@ class Transaction:
         versions = self.idx.packages.get(name) or []
         if not versions:
             return None
-        return max(versions, key=cmp_to_key(lambda a, b: compare_versions(a.version, b.version)))
+        return max(versions, key=cmp_to_key(_by_version))
 
     def candidate(self, name: str) -> BinaryPackage | None:
         """apt's candidate: the preference-pinned version when it exists (priority 1001), else the newest."""
