@@ -208,6 +208,7 @@ def render_host(model: HostModel) -> dict[str, bytes]:
     ctx["files"] = _files(model, env, ctx)
     ctx["packages"] = _packages(model)
     ctx["install_time_packages"] = list(package_plan(model, MANAGED).install_time)
+    ctx["power_state"] = package_plan(model, MANAGED).power_state
     ctx["mounts"] = _mounts(model)
     ctx["runcmd"] = _runcmd(model)
     ctx["ubuntu_sources"] = render_template(env, "cloud-init/files/ubuntu-sources.list.j2", ctx)

@@ -13,9 +13,11 @@ Three stages, because of how the real installer and cloud-init behave on noble (
   `apt-get`: if it fails, Docker and NFS are installed all the same. On success it holds the driver with
   the kernel metapackages, refreshes the initramfs (nouveau blacklisted by `nouveau_blacklist`), tries
   `modprobe nvidia`, and when an NVIDIA GPU is present but the module is still not loaded (nouveau holds
-  the GPU, or the modules belong to a newer kernel ABI) it schedules ONE reboot (`shutdown -r +1`), so
-  `nvidia-smi` works afterwards without a person. It runs only on the first boot (runcmd is once per
-  instance), so it can never cause a second reboot.
+  the GPU, or the modules belong to a newer kernel ABI) it asks for ONE reboot: it creates
+  REBOOT_MARKER (under /run, so it is gone after that reboot), and cloud-init's `power_state`
+  (condition: the marker exists) reboots once cloud-init has finished, so `nvidia-smi` works afterwards
+  without a person. It runs only on the first boot (runcmd is once per instance), so it can never cause
+  a second reboot; without an NVIDIA GPU (a VM) it never asks for one.
 
 The linux-modules-nvidia-<branch>-<flavour> metapackage is not pinned by version: its version is the
 kernel's ABI, not the driver's. It is installed in the same transaction as the flavour's kernel
@@ -42,6 +44,7 @@ DRIVER_SCRIPT = "/usr/local/sbin/prometheus-nvidia-driver"
 DRIVER_LOG = "/var/log/prometheus-nvidia-driver.log"
 PREFERENCES_FILE = "/etc/apt/preferences.d/90-prometheus-pins"
 NOUVEAU_FILE = "/etc/modprobe.d/blacklist-nouveau.conf"
+REBOOT_MARKER = "/run/prometheus-nvidia-reboot"  # the driver step asks cloud-init's power_state for one reboot
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,15 @@ class PackagePlan:
             if p.version and not any(re.search(f.pattern, p.name) for f in self.family_pins):
                 seen.setdefault(p.name, p)
         return tuple(seen.values())
+
+    @property
+    def power_state(self) -> dict[str, Any] | None:
+        """cloud-init `power_state`: reboot once, after cloud-init has finished, if the driver step asked for it."""
+        if not self.driver:
+            return None
+        return {"mode": "reboot", "delay": "now", "timeout": 120,
+                "message": "prometheus: rebooting once to load the NVIDIA driver",
+                "condition": ["test", "-e", REBOOT_MARKER]}
 
     def files(self) -> list[dict[str, str]]:
         """write_files entries (path, mode, content) the first boot needs for this plan."""
@@ -166,7 +178,7 @@ def package_plan(model: HostModel, managed: str = MANAGED) -> PackagePlan:
     partial = PackagePlan(INSTALL_TIME, first_boot, driver, holds, "", "", "", family_pins=families)
     ctx = {
         "managed": managed, "pins": partial.preferences, "families": families, "driver": driver, "holds": holds,
-        "log": DRIVER_LOG, "script": DRIVER_SCRIPT, "nouveau_file": NOUVEAU_FILE,
+        "log": DRIVER_LOG, "script": DRIVER_SCRIPT, "nouveau_file": NOUVEAU_FILE, "reboot_marker": REBOOT_MARKER,
     }
     return PackagePlan(
         install_time=INSTALL_TIME, first_boot=first_boot, driver=driver, holds=holds,
