@@ -314,3 +314,12 @@ def test_docker_pin_checked_in_the_one_transaction(mirror, write_model) -> None:
     assert {(p.path, p.line) for p in report.errors} == {("docker.version", _line_of(bad, "5:28.1.1-1"))}
     assert any("E: Version '5:28.1.1-1~ubuntu.24.04~noble' for 'docker-ce' was not found" in p.message
                for p in report.errors)
+
+
+def test_overrides_from_the_environment(mirror, monkeypatch) -> None:
+    _, _, ov = mirror
+    monkeypatch.setenv("BUILDER_MIRROR_OVERRIDES", ",".join(f"{k}={v}" for k, v in ov.items()))
+    report = check_pins_online(load_model(), 10)
+    assert report.status == "passed" and "127.0.0.1" not in report.detail
+    monkeypatch.setenv("BUILDER_MIRROR_OVERRIDES", f"docker=http://127.0.0.1:{_closed_port()}")
+    assert check_pins_online(load_model(), 5, ov).status == "passed"  # explicit overrides win over the env
