@@ -72,6 +72,8 @@ class HttpIndexSource:
             raise IndexUnavailable(f"{urlsplit(url).netloc}: {type(exc).__name__}") from None
         if resp.status_code == 404:
             return None
+        if resp.status_code in (403, 407) or resp.status_code >= 500:  # a proxy refusing, a server down
+            raise IndexUnavailable(f"{urlsplit(url).netloc}: HTTP {resp.status_code}")
         if resp.status_code != 200:
             raise BuilderError(f"reading {url}: HTTP {resp.status_code}")
         return resp.content
@@ -190,6 +192,9 @@ def _by_version(a: BinaryPackage, b: BinaryPackage) -> int:
 
 
 class Transaction:
+    """One `apt-get install` as apt's solver decides it: explicit requests first, then candidates only
+    (apt never picks a non-candidate version of a dependency by itself: that is why families are pinned)."""
+
     def __init__(self, idx: Indices, preferences: Iterable[Pin], families: Iterable[FamilyPin] = ()) -> None:
         self.idx = idx
         self.prefs = {p.name: p.version for p in preferences if p.version}
