@@ -5,10 +5,11 @@ Only indices (`Packages`, `Packages.gz`, `Release`): enough for `builder validat
 
 - Ubuntu's pockets hold ONE version of a package each, and `noble`, `noble-updates` and
   `noble-security` differ; an older pin survives only while some pocket still carries it.
-- The 550-server branch is retired inside 24.04: noble-updates has `550.163.01-0ubuntu0.24.04.2`, a
-  transitional package pulling 570-server, itself transitional to 580-server (noble's 570 packages say
-  so only by that dependency); noble-security still has the real `550.163.01-0ubuntu0.24.04.1`; the
-  550/570 prebuilt-modules metapackages are dummy transitional packages to the next branch.
+- The 550-server branch is retired inside 24.04: noble-updates has `550.163.01-0ubuntu0.24.04.2` (in
+  multiverse, as the real archive has it), a transitional package pulling 570-server, itself
+  transitional to 580-server (noble's 570 packages say so only by that dependency); noble-security
+  still has the real `550.163.01-0ubuntu0.24.04.1`; the 550/570 prebuilt-modules metapackages are
+  dummy transitional packages to the next branch.
 - The driver packages depend on each other with `(= V)` (and kernel-common with `(<= V-1)`, `(>= V)`); the
   signed prebuilt modules metapackage `linux-modules-nvidia-<branch>-generic` is versioned like the kernel
   and depends on the ABI package, which depends on that kernel's image. Field shapes follow noble's
@@ -196,8 +197,8 @@ UBUNTU: dict[str, dict[str, list[Pkg]]] = {
         "main": [Pkg("nfs-common", "1:2.6.4-3ubuntu5.1", "libc6 (>= 2.38), rpcbind, adduser, ucf, keyutils",
                      section="net"),
                  *kernel("6.8.0-151", "6.8.0-151.151")],
-        "restricted": [*transitional_branch("550-server", "550.163.01-0ubuntu0.24.04.2", "570-server"),
-                       *transitional_branch("570-server", "570.211.01-0ubuntu1.24.04.1", "580-server", label=False),
+        "multiverse": transitional_branch("550-server", "550.163.01-0ubuntu0.24.04.2", "570-server"),
+        "restricted": [*transitional_branch("570-server", "570.211.01-0ubuntu1.24.04.1", "580-server", label=False),
                        *driver_branch("580-server", "580.178.04-0ubuntu0.24.04.1"),
                        transitional_modules("550-server", "6.8.0-110.110", "570-server"),
                        transitional_modules("570-server", "6.8.0-110.110", "580-server"),
