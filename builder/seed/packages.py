@@ -11,9 +11,9 @@ Three stages, because of how the real installer and cloud-init behave on noble (
 - `driver`: Canonical's signed prebuilt modules for the installed kernel flavour plus the no-DKMS driver
   userspace, installed by a separate script (`driver_script`, run last from `runcmd`) with its own
   `apt-get`: if it fails, Docker and NFS are installed all the same. On success it holds the driver with
-  the kernel metapackages, refreshes the initramfs (nouveau blacklisted by `nouveau_blacklist`), tries
-  `modprobe nvidia`, and when an NVIDIA GPU is present but the module is still not loaded (nouveau holds
-  the GPU, or the modules belong to a newer kernel ABI) it asks for ONE reboot: it creates
+  the kernel metapackages; when an NVIDIA GPU is present it refreshes the initramfs (nouveau blacklisted
+  by `nouveau_blacklist`), tries `modprobe nvidia` unless nouveau is loaded, and if the module is still
+  not loaded (nouveau holds the GPU, or the modules belong to a newer kernel ABI) asks for ONE reboot: it creates
   REBOOT_MARKER (under /run, so it is gone after that reboot), and cloud-init's `power_state`
   (condition: the marker exists) reboots once cloud-init has finished, so `nvidia-smi` works afterwards
   without a person. It runs only on the first boot (runcmd is once per instance), so it can never cause
