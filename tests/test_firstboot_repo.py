@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from builder.media.serve import serving
+from builder.model import load_model
+from builder.seed.packages import package_plan
 from builder.testbed.aptrepo import build_repos
 from builder.testbed.gpgkeys import make_key
 
@@ -64,17 +66,23 @@ def test_real_apt_resolves_signed_by_pins_and_newest(repo, tmp_path):
         f"deb [signed-by={keys['docker'].public_asc}] {base}/docker/linux/ubuntu noble stable\n"
         f"deb [signed-by={keys['nvidia'].public_asc}] {base}/nvidia/stable/deb/amd64 /\n"
     )
-    (root / "preferences.d" / "pin").write_text(
-        "Package: nvidia-driver-550-server\nPin: version 550.127.05-0ubuntu0.24.04.1\nPin-Priority: 1001\n")
+    plan = package_plan(load_model())  # the rendered pins: families at one version, driver on its own
+    (root / "preferences.d" / "90-prometheus-pins").write_text(plan.apt_preferences)
     upd = _apt(root, "update")
     assert upd.returncode == 0 and "W:" not in upd.stdout + upd.stderr, upd.stdout + upd.stderr
-    sim = _apt(root, "install", "-s", "nvidia-driver-550-server", "nvidia-container-toolkit=1.17.8-1",
-               "docker-ce", "docker-ce-cli", "containerd.io", "docker-buildx-plugin", "docker-compose-plugin")
+    sim = _apt(root, "install", "-s", *[p.apt_arg for p in plan.first_boot])
     assert sim.returncode == 0, sim.stdout + sim.stderr
     out = sim.stdout
-    assert "Inst nvidia-driver-550-server (550.127.05-0ubuntu0.24.04.1" in out  # pinned, not newest
-    assert "Inst nvidia-container-toolkit (1.17.8-1" in out
+    assert "Inst nvidia-container-toolkit-base (1.18.2-1" in out
     assert "Inst docker-ce (5:28.1.1-1~ubuntu.24.04~noble" in out  # newest when unpinned
+    drv = _apt(root, "install", "-s", *[p.apt_arg for p in plan.driver])
+    assert drv.returncode == 0, drv.stdout + drv.stderr
+    # Pinned, not newest: the family pin holds the siblings at the model's version too.
+    assert "Inst nvidia-kernel-common-580-server (580.178.04-0ubuntu0.24.04.1" in drv.stdout
+    assert "Inst nvidia-headless-no-dkms-580-server (580.178.04-0ubuntu0.24.04.1" in drv.stdout
+    # The toolkit pinned alone (today's render) cannot resolve: its -base sibling would be the newest.
+    alone = _apt(root, "install", "-s", "nvidia-container-toolkit=1.17.8-1")
+    assert "Depends: nvidia-container-toolkit-base (= 1.17.8-1) but 1.18.2-1 is to be installed" in alone.stdout
     # Without signed-by the vendor repositories are not trusted.
     (root / "sources.list").write_text(f"deb {base}/docker/linux/ubuntu noble stable\n")
     bad = _apt(root, "update")

@@ -156,13 +156,19 @@ def test_first_boot_policy_content() -> None:
     assert "signed-by=/etc/apt/keyrings/docker.asc" in files_by_path["/etc/apt/sources.list.d/docker.list"]
     assert "RequiresMountsFor=/mnt/atlas/appdata /mnt/atlas/datasets" in \
         files_by_path["/etc/systemd/system/docker.service.d/10-requires-mounts.conf"]
-    assert ["nvidia-driver-550-server", "550.127.05-0ubuntu0.24.04.1"] in ud["packages"]
-    assert ["apt-mark", "hold", "nvidia-driver-550-server"] in ud["runcmd"]
+    # The driver is not in the one-transaction packages: it has its own step, run last from runcmd.
+    assert not any("nvidia-headless" in str(p) or "nvidia-driver" in str(p) for p in ud["packages"])
+    assert ud["runcmd"][-1] == ["/usr/local/sbin/prometheus-nvidia-driver"]
+    script = files_by_path["/usr/local/sbin/prometheus-nvidia-driver"]
+    assert '"nvidia-headless-no-dkms-580-server=580.178.04-0ubuntu0.24.04.1"' in script
+    assert '"linux-modules-nvidia-580-server-generic"' in script and "dkms" not in script.replace("no-dkms", "")
+    assert "Pin: version 580.178.04-0ubuntu0.24.04.1" in files_by_path["/etc/apt/preferences.d/90-prometheus-pins"]
     assert not any("snap" in str(p) for p in ud["packages"])
     mounts = {m[1]: m[3].split(",") for m in ud["mounts"]}
     assert "ro" in mounts["/mnt/atlas/managed-media"] and "rw" in mounts["/mnt/atlas/appdata"]
     auto = yaml.safe_load(files["autoinstall/user-data"])["autoinstall"]
     assert auto["snaps"] == [] and auto["source"]["id"] == "ubuntu-server-minimal"
+    assert "nfs-common" in auto["packages"]  # mount.nfs before the first boot's package stage
     disks = [c for c in auto["storage"]["config"] if c["type"] == "disk"]
     # SATA: <model>_<serial>; NVMe on 24.04: <model>_<serial>_<nsid> (builder/disks.py)
     assert [d.get("match") for d in disks] == [{"serial": "*_S6PNNX0T000001"}, {"serial": "*_S64ANS0T000001_1"}]

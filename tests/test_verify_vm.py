@@ -20,7 +20,7 @@ from builder.verify.report import render_table, write_report
 
 pytestmark = pytest.mark.vm
 
-DRIVER = "nvidia-driver-550-server"
+DRIVER = "nvidia-headless-no-dkms-580-server"  # the model's driver (branch 580-server)
 FAULT_CONF = "/etc/ssh/sshd_config.d/00-verify-fault.conf"
 # Checks the Debian stand-in cannot pass yet, with the reason each must fail for: it has no scratch
 # disk (the stand-in installer does not partition one) and no Ubuntu kernel metapackage.
@@ -130,7 +130,7 @@ def test_nvidia_hold_removed_fails(session) -> None:  # noqa: ANN001
 
 
 def test_nvidia_pin_removed_fails(session) -> None:  # noqa: ANN001
-    files = sudo(session, f"grep -l {DRIVER} /etc/apt/preferences.d/* || true").split()
+    files = sudo(session, "grep -l -- -580-server /etc/apt/preferences.d/* || true").split()  # the family pin
     assert files, "no APT preferences file pins the driver"
     moves = " && ".join(f"mv {shlex.quote(f)} /root/" for f in files)
     back = " && ".join(f"mv /root/{shlex.quote(Path(f).name)} {shlex.quote(f)}" for f in files)

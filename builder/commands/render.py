@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, context
+from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, context, positive
+from builder.model import HostModel
 from builder.pipeline import stage_render, stage_validate
 
 
@@ -21,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_schema_arg(v)
     v.add_argument("--machine", type=Path, default=None, metavar="FACTS",
                    help="also resolve every disk matcher and NIC MAC against the real machine's captured facts")
+    v.add_argument("--online", action="store_true",
+                   help="also check every package pin against the real repository indices (skipped when offline)")
+    v.add_argument("--mirror-override", action="append", default=[], metavar="NAME=URL",
+                   help="read NAME's indices from URL (NAME: ubuntu, ubuntu-security, docker, nvidia); "
+                        "also $BUILDER_MIRROR_OVERRIDES")
+    v.add_argument("--online-timeout", type=positive(float), default=30.0, metavar="S", help="per-request timeout (30)")
     v.set_defaults(func=cmd_validate)
 
 
@@ -51,4 +59,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print("\n".join(report.lines()))
         if report.errors:
             raise ProblemsError(list(report.problems), what=f"host model, checked against the machine {args.machine}")
+    if getattr(args, "online", False):
+        return _validate_pins(ctx.model, args)
+    return 0
+
+
+def _validate_pins(model: HostModel, args: argparse.Namespace) -> int:
+    from builder.errors import ProblemsError
+    from builder.seed.pins import check_pins_online, parse_overrides
+
+    report = check_pins_online(model, args.online_timeout, parse_overrides(args.mirror_override))
+    print(f"  package pins (online)  {report.status}  ({report.detail})")
+    for w in (p for p in report.problems if p.severity != "error"):
+        print(f"builder: {w}", file=sys.stderr)
+    if report.errors:
+        raise ProblemsError(list(report.problems), what="package pins")
     return 0

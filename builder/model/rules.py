@@ -291,11 +291,32 @@ def _docker(m: HostModel, c: Collector) -> None:
         c.add(("docker", "packages"), "the Compose plugin (docker-compose-plugin) is part of the baseline runtime")
 
 
+DEB_VERSION_RE = re.compile(r"^(\d+:)?\d[A-Za-z0-9.+~-]*$")  # exact Debian version: no globs, shell-safe
+NVIDIA_BRANCH_RE = re.compile(r"^\d{3}(-server)?(-open)?$")
+
+
 def _nvidia(m: HostModel, c: Collector) -> None:
-    v = m.nvidia.driver.version
-    if not v or any(ch in v for ch in "*?") or not re.match(r"^\d", v):
+    drv = m.nvidia.driver
+    v = drv.version
+    if not v or not DEB_VERSION_RE.match(v):
         c.add(("nvidia", "driver", "version"),
-              f"the NVIDIA driver must be pinned to an exact version (e.g. 550.127.05-0ubuntu0.24.04.1), found {v!r}")
+              f"the NVIDIA driver must be pinned to an exact version (e.g. 580.173.02-0ubuntu0.24.04.1), found {v!r}")
+    if not NVIDIA_BRANCH_RE.match(drv.branch):
+        c.add(("nvidia", "driver", "branch"),
+              f"expected an Ubuntu driver branch like '580-server' (nvidia-headless-no-dkms-<branch>), "
+              f"found {drv.branch!r}")
+    flavour_ok = re.match(r"^[a-z0-9][a-z0-9.+-]*$", drv.kernel_flavour)
+    if not flavour_ok or m.os.kernel_package != f"linux-{drv.kernel_flavour}":
+        c.add(("nvidia", "driver", "kernel_flavour"),
+              f"the prebuilt modules ({drv.modules_package}) must match the installed kernel: os.kernel_package is "
+              f"{m.os.kernel_package!r}, so the flavour must be {m.os.kernel_package.removeprefix('linux-')!r}")
+    tk = m.nvidia.container_toolkit
+    if tk.enabled and tk.version is not None and not DEB_VERSION_RE.match(tk.version):
+        c.add(("nvidia", "container_toolkit", "version"),
+              f"expected an exact Debian version (e.g. 1.18.2-1), found {tk.version!r}")
+    if tk.package != "nvidia-container-toolkit":
+        c.add(("nvidia", "container_toolkit", "package"),
+              "the toolkit family is pinned as a whole starting from nvidia-container-toolkit; expected that package")
     if not m.nvidia.driver.hold:
         c.add(("nvidia", "driver", "hold"), "the pinned driver must be held (driver/kernel compatibility)", "warning")
 

@@ -190,16 +190,35 @@ class Docker:
 
 @dataclass(frozen=True)
 class NvidiaDriver:
-    package: str
-    version: str | None
+    """Ubuntu's driver branch as Canonical's signed prebuilt modules (no DKMS, so Secure Boot needs no MOK)."""
+
+    branch: str  # e.g. "580-server": the suffix of nvidia-headless-no-dkms-<branch>
+    version: str | None  # exact version of nvidia-headless-no-dkms-<branch> and nvidia-utils-<branch>
+    kernel_flavour: str = "generic"  # linux-modules-nvidia-<branch>-<flavour>; os.kernel_package is linux-<flavour>
     hold: bool = True
+
+    @property
+    def package(self) -> str:
+        """The driver's main package (what verify asks dpkg and apt about)."""
+        return f"nvidia-headless-no-dkms-{self.branch}"
+
+    @property
+    def utils_package(self) -> str:
+        return f"nvidia-utils-{self.branch}"
+
+    @property
+    def modules_package(self) -> str:
+        """Signed prebuilt modules for the flavour's current kernel ABI: versioned like the kernel, not the driver."""
+        return f"linux-modules-nvidia-{self.branch}-{self.kernel_flavour}"
 
 
 @dataclass(frozen=True)
 class ContainerToolkit:
+    """NVIDIA's toolkit family, pinned as a whole at one version (its members depend on each other exactly)."""
+
     enabled: bool
     package: str = "nvidia-container-toolkit"
-    version: str | None = None
+    version: str | None = None  # the whole family (builder.seed.packages.TOOLKIT_FAMILY) at this version
 
 
 @dataclass(frozen=True)

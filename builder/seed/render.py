@@ -19,6 +19,7 @@ from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
 from builder.seed import hostconfig
 from builder.seed.features import alert_rules_text, feature_files, feature_packages, feature_runcmd
+from builder.seed.packages import DRIVER_SCRIPT, package_plan
 from builder.seed.templating import environment, render_template
 
 MANAGED = "Managed by builder (prometheus host model); do not edit by hand."
@@ -83,16 +84,8 @@ def network_config(model: HostModel) -> dict[str, Any]:
 
 
 def _packages(model: HostModel) -> list[Any]:
-    pkgs: list[Any] = ["nfs-common", "ca-certificates", "gnupg"]
-    for p in model.docker.packages:
-        pkgs.append([p, model.docker.version] if model.docker.version and p.startswith("docker-ce") else p)
-    drv = model.nvidia.driver
-    pkgs.append([drv.package, drv.version])
-    tk = model.nvidia.container_toolkit
-    if tk.enabled:
-        pkgs.append([tk.package, tk.version] if tk.version else tk.package)
-    pkgs += feature_packages(model)
-    return pkgs
+    """cloud-init's one-transaction `packages:` (the driver has its own step: builder.seed.packages)."""
+    return [*package_plan(model, MANAGED).first_boot_packages, *feature_packages(model)]
 
 
 def _mounts(model: HostModel) -> list[list[str]]:
@@ -123,8 +116,7 @@ def _files(model: HostModel, env, ctx: dict[str, Any]) -> list[dict[str, str]]:
         {"path": "/etc/ssh/sshd_config.d/01-prometheus-hardening.conf", "mode": "0600",
          "content": render_template(env, "cloud-init/files/sshd-hardening.conf.j2", ctx)},
         {"path": "/etc/docker/daemon.json", "mode": "0644", "content": _daemon_json(model)},
-        {"path": "/etc/apt/preferences.d/90-nvidia-driver-pin", "mode": "0644",
-         "content": render_template(env, "cloud-init/files/nvidia-pin.pref.j2", ctx)},
+        *package_plan(model, MANAGED).files(),
     ]
     files += feature_files(model, env, ctx)
     if model.docker.requires_mounts:
@@ -149,12 +141,11 @@ def _runcmd(model: HostModel) -> list[list[str]]:
         ["sh", "-c", f"awk '$5 >= {bits}' /etc/ssh/moduli > /etc/ssh/moduli.new"
                      " && mv /etc/ssh/moduli.new /etc/ssh/moduli"],
     ]
-    if model.nvidia.driver.hold:
-        cmds.append(["apt-mark", "hold", model.nvidia.driver.package])
     cmds += [
         ["systemctl", "daemon-reload"],
         *feature_runcmd(model),
         *hostconfig.runcmd(model),  # NFS/Docker start + retry, rpcbind masked, sshd (no ssh.socket restart)
+        [DRIVER_SCRIPT],  # last: its own apt-get, holds, at most one reboot (builder.seed.packages)
     ]
     return cmds
 
@@ -191,6 +182,8 @@ def render_host(model: HostModel) -> dict[str, bytes]:
     ctx["password_hashes"] = {u.name: password_hash(model, u) for u in model.users}
     ctx["files"] = _files(model, env, ctx)
     ctx["packages"] = _packages(model)
+    ctx["install_time_packages"] = list(package_plan(model, MANAGED).install_time)
+    ctx["power_state"] = package_plan(model, MANAGED).power_state
     ctx["mounts"] = _mounts(model)
     ctx["runcmd"] = _runcmd(model)
     ctx["bootcmd"] = hostconfig.bootcmd(model)

@@ -53,15 +53,32 @@ DOCKER = (
     StubPackage("docker-compose-plugin", (f"2.35.1-1{U}", f"2.36.0-1{U}"),
                 (("usr/libexec/docker/cli-plugins/docker-compose", "stub"),), description="compose plugin"),
 )
+# The driver as the model renders it: signed prebuilt modules + no-DKMS userspace, the (= V) family,
+# and the kernel metapackages it is held with. The newest version is above the model's pin.
+DRV = ("580.173.02-0ubuntu0.24.04.1", "580.178.04-0ubuntu0.24.04.1", "580.182.01-0ubuntu0.24.04.1")  # last: fictional
 NVIDIA_DRIVER = (
-    StubPackage("nvidia-driver-550-server",
-                ("550.127.05-0ubuntu0.24.04.1", "550.144.03-0ubuntu0.24.04.1"),
-                (("usr/bin/nvidia-smi", "nvidia-smi"),), description="NVIDIA server driver metapackage"),
+    StubPackage("nvidia-headless-no-dkms-580-server", DRV, (),
+                depends="nvidia-kernel-common-580-server (= @VERSION@)", description="NVIDIA headless - no DKMS"),
+    StubPackage("nvidia-utils-580-server", DRV, (("usr/bin/nvidia-smi", "nvidia-smi"),),
+                depends="nvidia-kernel-common-580-server (= @VERSION@)", description="NVIDIA driver utilities"),
+    StubPackage("nvidia-kernel-common-580-server", DRV, (), description="NVIDIA kernel module common files"),
+    StubPackage("linux-modules-nvidia-580-server-generic", ("6.8.0-151.151",), (),
+                depends="nvidia-kernel-common-580-server (>= 580.173.02)", description="signed NVIDIA modules"),
+    StubPackage("linux-generic", ("6.8.0-151.151",), (), depends="linux-image-generic, linux-headers-generic",
+                description="kernel metapackage (empty)"),
+    StubPackage("linux-image-generic", ("6.8.0-151.151",), (), description="kernel image metapackage (empty)"),
+    StubPackage("linux-headers-generic", ("6.8.0-151.151",), (), description="kernel headers metapackage (empty)"),
 )
+TK = ("1.17.8-1", "1.18.2-1")
 NVIDIA_TOOLKIT = (
-    StubPackage("nvidia-container-toolkit", ("1.17.8-1", "1.18.0-1"),
+    StubPackage("nvidia-container-toolkit", TK,
                 (("usr/bin/nvidia-ctk", "nvidia-ctk"), ("usr/bin/nvidia-container-runtime", "stub")),
+                depends="nvidia-container-toolkit-base (= @VERSION@), libnvidia-container-tools (= @VERSION@)",
                 description="NVIDIA container toolkit"),
+    StubPackage("nvidia-container-toolkit-base", TK, (), description="NVIDIA container toolkit base"),
+    StubPackage("libnvidia-container-tools", TK, (), depends="libnvidia-container1 (>= @VERSION@)",
+                description="NVIDIA container runtime library tools"),
+    StubPackage("libnvidia-container1", TK, (), description="NVIDIA container runtime library"),
 )
 
 
@@ -97,7 +114,7 @@ def build_deb(pkg: StubPackage, version: str, out_dir: Path, work: Path, sde: in
         "Maintainer: prometheus-builder STANDIN <standin@invalid>", "Section: misc", "Priority: optional",
     ]
     if pkg.depends:
-        control.append(f"Depends: {pkg.depends}")
+        control.append(f"Depends: {pkg.depends.replace('@VERSION@', version)}")
     control.append(f"Description: STANDIN {pkg.description} (test package, not the real one)")
     (tree / "DEBIAN" / "control").write_text("\n".join(control) + "\n")
     if pkg.postinst:
