@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.outputs import sha256_file, staged_file
-from builder.run import require_tool, run
+from builder.media.digest import write_hashed
+from builder.outputs import staged_file
+from builder.run import PIPE_FD, require_tool, run
 from builder.standin import STANDIN_MARKER
 
 log = logging.getLogger("builder.iso")
@@ -50,6 +51,7 @@ class RemasterResult:
     xorriso_version: str
     xorriso_options: tuple[str, ...]
     seconds: float
+    sha256: str  # hashed while xorriso wrote it: the ISO is never read back
 
 
 def grub_quote(arg: str) -> str:
@@ -225,19 +227,21 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
         options += ["-alter_date_r", "c", sde, *targets, "--"]
         options += ["-boot_image", "any", "replay", "-boot_image", "any", "gpt_disk_guid=volume_date_uuid"]
         with staged_file(out) as tmp_out:
-            cmd = ["xorriso", "-no_rc", "-indev", str(base), "-outdev", str(tmp_out), *options]
+            # xorriso writes the image into a pipe (a sequential stdio drive: one session, no seeking
+            # back); the builder tees it into the file and the SHA-256, so the ISO passes once.
+            cmd = ["xorriso", "-no_rc", "-indev", str(base), "-outdev", f"stdio:/dev/fd/{PIPE_FD}", *options]
             log.info("xorriso: remastering %s -> %s", base.name, out)
-            run(cmd, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
-            if not tmp_out.exists() or tmp_out.stat().st_size < base.stat().st_size // 2:
+            # mode 0600: it carries the autoinstall user-data (may hold password hashes)
+            written = write_hashed(cmd, tmp_out, mode=0o600, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
+            if written.size < base.stat().st_size // 2:
                 raise BuilderError(f"xorriso did not write a complete ISO for {out}")
-            os.chmod(tmp_out, 0o600)  # it carries the autoinstall user-data (may hold password hashes)
     shown = [o.replace(str(stage), "STAGE") for o in options]
-    return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started)
+    return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started, written.sha256)
 
 
 def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str) -> str:
     """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256."""
-    digest = sha256_file(result.iso)
+    digest = result.sha256
     with staged_file(result.iso.with_name(result.iso.name + ".sha256"), overwrite=True) as tmp:
         tmp.write_text(f"{digest}  {result.iso.name}\n")
     data = json.loads(manifest.read_text()) if manifest.exists() else {}

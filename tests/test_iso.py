@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -80,6 +81,37 @@ def test_remaster_adds_seed_and_keeps_boot_equipment(standin_iso: Path, tmp_path
     assert "El Torito boot img :   2  UEFI" in report
     assert "protective-msdos-label grub2-mbr" in report and "GPT" in report
     assert "28732ac11ff8d211ba4b00a0c93ec93b" in report  # appended EFI System Partition
+    # Hashed while xorriso wrote it into the pipe: the digest is that of the file as it lies on disk.
+    assert result.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def _as_mkisofs(iso: Path) -> tuple[list[str], tuple[int, int]]:
+    """xorriso's replay recipe for `iso` with file names and block numbers blanked, and the ESP's
+    (start, end) in 512-byte blocks."""
+    text = subprocess.run(["xorriso", "-indev", str(iso), "-report_el_torito", "as_mkisofs"],
+                          capture_output=True, text=True, check=True).stdout
+    esp = re.search(r"-append_partition 2 \S+ --interval:local_fs:(\d+)d-(\d+)d::", text)
+    assert esp is not None, text
+    lines = [re.sub(r"\d+([sd])", r"N\1", line.replace(str(iso), "ISO")) for line in text.splitlines()]
+    return lines, (int(esp.group(1)), int(esp.group(2)) + 1)
+
+
+def test_boot_equipment_survives_the_pipe_byte_for_byte(standin_iso: Path, tmp_path: Path) -> None:
+    """Written through a pipe (a sequential drive), the image keeps the base's El Torito entries, the
+    MBR/GPT recipe and the appended EFI partition, whose bytes are copied unchanged."""
+    out = tmp_path / "out.iso"
+    remaster(standin_iso, out, SPEC, allow_standin=True)
+    base_recipe, (b0, b1) = _as_mkisofs(standin_iso)
+    out_recipe, (o0, o1) = _as_mkisofs(out)
+    assert out_recipe == base_recipe
+    assert "-b '/boot/grub/i386-pc/eltorito.img'" in out_recipe and "-appended_part_as_gpt" in out_recipe
+    assert b1 - b0 == o1 - o0 == 4096
+    with open(standin_iso, "rb") as f:
+        f.seek(b0 * 512)
+        base_esp = f.read((b1 - b0) * 512)
+    with open(out, "rb") as f:
+        f.seek(o0 * 512)
+        assert f.read((o1 - o0) * 512) == base_esp
 
 
 def _cli_build(base: Path, model: Path, out: Path) -> str:
