@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -20,6 +22,7 @@ from builder.errors import BuilderError
 
 log = logging.getLogger("builder.run")
 PIPE_CHUNK = 4 << 20  # bytes per read from a run_piped() stream
+PIPE_BUFFERS = 4  # run_piped() buffers in flight
 
 
 def require_tool(name: str, package: str | None = None) -> str:
@@ -137,8 +140,10 @@ def run_piped(
     arguments (e.g. xorriso `-outdev stdio:/dev/fd/{pipe_fd}`; the descriptor is inherited), or into
     its stdout when no argument names `PIPE_FD`. Same environment rules as `run()`. Its messages are
     collected in a temporary file (a chatty command can never block on them) and returned as stderr;
-    a non-zero exit raises BuilderError with them. The pipe is widened to 1 MiB and read into one
-    reused buffer. On timeout, on an error in `sink` or on Ctrl-C the command is killed first.
+    a non-zero exit raises BuilderError with them. The pipe is widened to 1 MiB and read into a ring
+    of page-aligned `chunk`-byte buffers; every chunk but the last is full. A view handed to `sink` is
+    valid until `sink` returns. On timeout, on an error in `sink` or on Ctrl-C the command is killed
+    (and `sink` is no longer running) before the error propagates.
     """
     rfd, wfd = os.pipe()
     with contextlib.suppress(OSError, AttributeError):
@@ -168,13 +173,43 @@ def run_piped(
         if timer is not None:
             timer.daemon = True
             timer.start()
-        view = memoryview(bytearray(chunk))
+        # This thread reads into a ring of buffers while a second one hands them to `sink`, so the
+        # command never waits for the sink while a buffer is free.
+        free: queue.Queue[memoryview] = queue.Queue()
+        for _ in range(PIPE_BUFFERS):
+            free.put(memoryview(mmap.mmap(-1, chunk)))  # page-aligned: usable for O_DIRECT writes
+        full: queue.Queue[tuple[memoryview, int] | None] = queue.Queue()
+        failed: list[BaseException] = []
+        stopping = threading.Event()
+
+        def consume() -> None:
+            while (item := full.get()) is not None:
+                if not failed and not stopping.is_set():
+                    try:
+                        sink(item[0][: item[1]])
+                    except BaseException as exc:  # handed to the reading thread, which raises it
+                        failed.append(exc)
+                free.put(item[0])
+
+        consumer = threading.Thread(target=consume, name="run_piped-sink", daemon=True)
+        consumer.start()
         try:
-            while n := stream.readinto(view):
-                sink(view[:n])
+            while not failed:
+                view = free.get()
+                n = stream.readinto(view)
+                if not n:
+                    break
+                full.put((view, n))
+            full.put(None)
+            consumer.join()
+            if failed:
+                raise failed[0]
             rc = proc.wait()
         except BaseException:
             stop_process_group(proc, signal.SIGKILL, grace=5)
+            stopping.set()
+            full.put(None)
+            consumer.join()  # the sink is not running any more when the caller cleans up
             raise
         finally:
             if timer is not None:

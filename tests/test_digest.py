@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +43,36 @@ def test_write_hashed_writes_and_hashes_in_one_pass(via: str, tmp_path: Path) ->
     assert out.read_bytes() == EXPECTED
     assert (w.size, w.sha256) == (len(EXPECTED), hashlib.sha256(EXPECTED).hexdigest())
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs", "no-direct"])
+def test_unaligned_tail_and_file_systems_without_o_direct(where: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """O_DIRECT while chunks are aligned, ordinary writes for a ragged tail or where it is refused."""
+    folder = tmp_path
+    if where == "tmpfs":
+        if not Path("/dev/shm").is_dir():
+            pytest.skip("no /dev/shm")
+        folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    if where == "no-direct":
+        real_open = os.open
+
+        def refuse_direct(path: str, flags: int, mode: int = 0o777) -> int:
+            if flags & getattr(os, "O_DIRECT", 0):
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, mode)
+
+        monkeypatch.setattr(digest.os, "open", refuse_direct)
+    data = os.urandom((9 << 20) + 1000)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    out = folder / "out.bin"
+    try:
+        w = write_hashed(["cat", src], out)
+        assert out.read_bytes() == data and w.sha256 == hashlib.sha256(data).hexdigest()
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(folder)
 
 
 def test_write_hashed_refuses_an_existing_file(tmp_path: Path) -> None:
