@@ -106,7 +106,8 @@ def list_files(iso: Path) -> list[str]:
         check=False,
     )
     err = proc.stderr.decode(errors="replace")
-    if proc.returncode != 0 or "is not a valid ISO" in err or "Not a known" in err:
+    # Random bytes load as a "blank image" with exit code 0: only the warning tells.
+    if proc.returncode != 0 or any(m in err for m in ("is not a valid ISO", "Not a known", "No ISO 9660 image")):
         raise BuilderError(
             f"base ISO {iso} is not a readable ISO 9660 image (corrupt or truncated?)",
             hint="download it again (delete the cached copy) or pass another --base",
