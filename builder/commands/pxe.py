@@ -11,7 +11,7 @@ from builder.commands.common import add_host_arg, add_out_arg, add_schema_arg, l
 from builder.commands.iso import add_base_args, autoinstall_seed, resolve_base
 from builder.iso import check_base, list_files
 from builder.pxe import DEFAULT_HTTP_PORT, PxeSpec, build_bundle, update_manifest
-from builder.serve import make_server
+from builder.serve import make_server, port_number
 
 log = logging.getLogger("builder.serve")
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_base_args(p)
     p.add_argument("--server", default=None, metavar="HOST[:PORT]",
                    help="HTTP server the installer fetches from (default: the TFTP server, on --http-port)")
-    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, metavar="N",
+    p.add_argument("--http-port", type=port_number, default=DEFAULT_HTTP_PORT, metavar="N",
                    help=f"port of that HTTP server (default {DEFAULT_HTTP_PORT})")
     p.add_argument("--iso-url", default=None, metavar="URL",
                    help="URL of the ISO for casper's url= (default: the ISO is placed in the bundle)")
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("serve", help="serve a folder (e.g. a PXE bundle) over HTTP, with HEAD and Range")
     s.add_argument("dir", type=Path, metavar="DIR")
     s.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help=f"port (default {DEFAULT_HTTP_PORT})")
+    s.add_argument("--port", type=port_number, default=DEFAULT_HTTP_PORT, help=f"port (default {DEFAULT_HTTP_PORT})")
     s.set_defaults(func=cmd_serve)
 
 
