@@ -117,7 +117,12 @@ def test_cached_sha256_reads_an_unchanged_file_once(tmp_path: Path, monkeypatch:
     f.write_bytes(b"a" * 5000)
     reads: list[Path] = []
     real = digest.sha256_file
-    monkeypatch.setattr(digest, "sha256_file", lambda p: reads.append(p) or real(p))
+
+    def counting(p: Path) -> str:
+        reads.append(p)
+        return real(p)
+
+    monkeypatch.setattr(digest, "sha256_file", counting)
     want = hashlib.sha256(b"a" * 5000).hexdigest()
     assert cached_sha256(f, cache) == want
     assert cached_sha256(f, cache) == want
