@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.media.digest import write_hashed
+from builder.media.digest import remember_sha256, write_hashed
 from builder.outputs import staged_file
 from builder.run import PIPE_FD, require_tool, run
 from builder.standin import STANDIN_MARKER
@@ -240,9 +240,16 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
     return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started, written.sha256)
 
 
-def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str) -> str:
-    """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256."""
+def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str,
+                  hash_cache: Path | None = None) -> str:
+    """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256.
+
+    With `hash_cache` (the build cache), the digest is also remembered there, so later stages
+    (Packer's iso_checksum, the build summary) get it without reading the ISO again.
+    """
     digest = result.sha256
+    if hash_cache is not None:
+        remember_sha256(result.iso, digest, hash_cache)
     with staged_file(result.iso.with_name(result.iso.name + ".sha256"), overwrite=True) as tmp:
         tmp.write_text(f"{digest}  {result.iso.name}\n")
     data = json.loads(manifest.read_text()) if manifest.exists() else {}

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.outputs import sha256_file, staged_file
+from builder.isofetch import cache_dir
+from builder.media.digest import cached_sha256
+from builder.outputs import staged_file
 
 STAGES = ("validate", "render", "iso", "pxe", "packer", "verify")
 SKIPPABLE = ("pxe", "packer", "verify")
@@ -140,7 +142,7 @@ def collect_artifacts(out: Path, hostname: str) -> list[Artifact]:
             st = p.stat()
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in seen:
-                seen[key] = sha256_file(p)
+                seen[key] = cached_sha256(p, cache_dir())  # the ISO's was remembered when it was written
             arts.append(Artifact(str(p.relative_to(out)), st.st_size, seen[key]))
     return arts
 

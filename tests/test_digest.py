@@ -113,6 +113,7 @@ def test_sink_error_stops_the_command(tmp_path: Path) -> None:
 
 
 def test_cached_sha256_reads_an_unchanged_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest, "CACHE_MIN_SIZE", 0)
     cache, f = tmp_path / "cache", tmp_path / "base.iso"
     f.write_bytes(b"a" * 5000)
     reads: list[Path] = []
@@ -136,7 +137,44 @@ def test_cached_sha256_reads_an_unchanged_file_once(tmp_path: Path, monkeypatch:
     assert len(reads) == 2
 
 
-def test_broken_or_unwritable_cache_only_costs_a_rehash(tmp_path: Path) -> None:
+def test_small_files_are_not_cached(tmp_path: Path) -> None:
+    f = tmp_path / "small"
+    f.write_bytes(b"s" * 100)
+    assert cached_sha256(f, tmp_path / "cache") == hashlib.sha256(b"s" * 100).hexdigest()
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso not installed")
+def test_remastered_iso_is_never_read_back(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`builder iso` hashes the ISO as it is written and remembers it: Packer's iso_checksum and the
+    build summary (cached_sha256) then get it without reading the file."""
+    from builder.cli import main
+    from builder.isofetch import cache_dir
+    from builder.standin import cached_standin_iso
+
+    base = cached_standin_iso(cache_dir())
+    monkeypatch.setenv("BUILDER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(digest, "CACHE_MIN_SIZE", 0)
+    reads: list[Path] = []
+    real = digest.sha256_file
+
+    def counting(p: Path) -> str:
+        reads.append(p)
+        return real(p)
+
+    monkeypatch.setattr(digest, "sha256_file", counting)
+    out = tmp_path / "out"
+    assert main(["iso", "--host", str(model_dir / "prometheus.yaml"), "--base", str(base), "--out", str(out),
+                 "--allow-standin"]) == 0
+    iso = out / "prometheus" / "prometheus-autoinstall.iso"
+    assert reads == [base.resolve()]  # the base, once, for the pin check
+    digest_line = (iso.parent / (iso.name + ".sha256")).read_text().split()[0]
+    assert cached_sha256(iso, tmp_path / "cache") == digest_line == hashlib.sha256(iso.read_bytes()).hexdigest()
+    assert reads == [base.resolve()]
+
+
+def test_broken_or_unwritable_cache_only_costs_a_rehash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digest, "CACHE_MIN_SIZE", 0)
     f = tmp_path / "base.iso"
     f.write_bytes(b"z")
     cache = tmp_path / "cache"

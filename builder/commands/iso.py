@@ -85,7 +85,7 @@ def cmd_iso(args: argparse.Namespace) -> int:
     host_dir = write_seed(model, files, args.out)
     spec = RemasterSpec(host, source_date_epoch(model), tuple(model.os.kernel_cmdline), autoinstall_seed(files))
     result = remaster(base, out, spec, allow_standin=args.allow_standin)
-    digest = write_outputs(result, host_dir / "manifest.json", base_name, base_sha)
+    digest = write_outputs(result, host_dir / "manifest.json", base_name, base_sha, hash_cache=cache_dir())
     print(f"wrote {out} ({out.stat().st_size / (1 << 20):.1f} MiB, remaster {result.seconds:.1f}s)")
     print(f"sha256 {digest}")
     return 0

@@ -30,7 +30,8 @@ from builder.run import run_piped
 
 log = logging.getLogger("builder.digest")
 HASH_CACHE = "sha256-cache.json"
-MAX_ENTRIES = 64
+MAX_ENTRIES = 256
+CACHE_MIN_SIZE = 16 << 20  # smaller files are hashed again: cheaper than the cache's own bookkeeping
 
 
 @dataclass(frozen=True)
@@ -148,9 +149,12 @@ def remember_sha256(path: Path, digest: str, cache: Path) -> None:
 
 
 def cached_sha256(path: Path, cache: Path) -> str:
-    """SHA-256 of `path`, from the cache in `cache` when the file is unchanged, else computed and recorded."""
+    """SHA-256 of `path`, from the cache in `cache` when the file is unchanged, else computed and recorded
+    (files under CACHE_MIN_SIZE are always hashed)."""
     path = Path(path).resolve()
     st = path.stat()
+    if st.st_size < CACHE_MIN_SIZE:
+        return sha256_file(path)
     hit = _load(cache / HASH_CACHE).get(_key(path, st))
     if hit is not None:
         log.info("sha256 of %s from the cache (unchanged since it was hashed)", path.name)
