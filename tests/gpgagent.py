@@ -8,10 +8,9 @@ import subprocess
 from pathlib import Path
 
 
-def agents_for(home: Path) -> list[int]:
-    """PIDs of live gpg-agent processes serving `home` (found by their `--homedir` argument)."""
-    want = os.fsencode(str(Path(home).resolve()))
-    pids = []
+def running_agents() -> dict[int, Path]:
+    """Live gpg-agent processes (zombies excluded) → the GNUPGHOME each serves (its `--homedir`)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -22,9 +21,22 @@ def agents_for(home: Path) -> list[int]:
             continue
         if state == "Z" or not argv or os.path.basename(argv[0]) != b"gpg-agent":
             continue
-        if any(a == b"--homedir" and b == want for a, b in zip(argv, argv[1:], strict=False)):
-            pids.append(int(entry.name))
-    return pids
+        homes = [b for a, b in zip(argv, argv[1:], strict=False) if a == b"--homedir"]
+        if homes:
+            found[int(entry.name)] = Path(os.fsdecode(homes[0]))
+    return found
+
+
+def agents_for(home: Path) -> list[int]:
+    """PIDs of live gpg-agent processes serving `home`."""
+    want = Path(home).resolve()
+    return sorted(pid for pid, h in running_agents().items() if h == want)
+
+
+def agents_under(root: Path) -> dict[int, Path]:
+    """Live gpg-agent processes whose GNUPGHOME lies below `root`."""
+    root = Path(root).resolve()
+    return {pid: h for pid, h in running_agents().items() if h.is_relative_to(root)}
 
 
 def stop_agents(home: Path) -> None:
