@@ -127,12 +127,15 @@ def _load(cache_file: Path) -> dict[str, str]:
 
 
 def remember_sha256(path: Path, digest: str, cache: Path) -> None:
-    """Record `digest` for `path` as it is now (best effort: an unwritable cache only costs a re-hash)."""
+    """Record `digest` for `path` as it is now (best effort: an unwritable cache only costs a re-hash;
+    files under CACHE_MIN_SIZE are not recorded)."""
     path = Path(path).resolve()
     cache_file = cache / HASH_CACHE
     tmp: str | None = None
     try:
         st = path.stat()
+        if st.st_size < CACHE_MIN_SIZE:
+            return
         entries = {k: v for k, v in _load(cache_file).items() if not k.startswith(f"{path}|")}
         entries[_key(path, st)] = digest
         keep = dict(list(entries.items())[-MAX_ENTRIES:])
