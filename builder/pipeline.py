@@ -123,6 +123,7 @@ class IsoResult:
 
 
 def stage_iso(ctx: BuildContext, base: BaseIso, *, replace: bool = False) -> IsoResult:
+    from builder.media.fetch import cache_dir
     from builder.media.iso import RemasterSpec, remaster, write_outputs
     from builder.media.source import resolve_base
     from builder.seed.artifacts import write_seed
@@ -138,7 +139,7 @@ def stage_iso(ctx: BuildContext, base: BaseIso, *, replace: bool = False) -> Iso
     spec = RemasterSpec(ctx.hostname, ctx.source_date_epoch, tuple(ctx.model.os.kernel_cmdline),
                         ctx.autoinstall_seed())
     result = remaster(src.path, out, spec, allow_standin=base.allow_standin)
-    digest = write_outputs(result, ctx.manifest, src.name, src.sha256)
+    digest = write_outputs(result, ctx.manifest, src.name, src.sha256, hash_cache=cache_dir())
     return IsoResult(out, digest, result)
 
 

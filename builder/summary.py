@@ -8,7 +8,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.store import sha256_file, write_text_atomic
+from builder.media.digest import cached_sha256
+from builder.media.fetch import cache_dir
+from builder.store import write_text_atomic
 
 COLLAPSE_OVER = 20  # files in one folder before the terminal table shows the folder as one row
 
@@ -43,7 +45,7 @@ def collect_artifacts(out: Path, hostname: str) -> list[Artifact]:
             st = p.stat()
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in seen:
-                seen[key] = sha256_file(p)
+                seen[key] = cached_sha256(p, cache_dir())  # the ISO's was remembered when it was written
             arts.append(Artifact(str(p.relative_to(out)), st.st_size, seen[key]))
     return arts
 

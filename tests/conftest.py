@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,3 +108,17 @@ def verify_guest_session(firstboot_image, tmp_path_factory):
 def firstboot_guest(verify_guest_session):
     """GuestAccess of the shared boot: ssh_run(access, cmd), access.nfs.stop()/start()."""
     return verify_guest_session.access
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_gpg_agent_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test that runs gpg in a temporary GNUPGHOME must stop its agent (gpgconf --kill all): checked
+    once at the end of the session; any agent found is stopped, so the run leaves none either way."""
+    from tests.gpgagent import agents_under, stop_agents
+
+    root = tmp_path_factory.getbasetemp()
+    yield
+    left = agents_under(root)
+    for home in set(left.values()):
+        stop_agents(home)
+    assert left == {}, f"tests left gpg-agent processes running: {left}"

@@ -81,7 +81,8 @@ def test_summary_table_collapses_big_folders_but_json_keeps_every_file() -> None
     assert [r.path for r in rows] == ["h/h.iso", "h/pxe/mods/ (30 files)"]
     assert rows[1].size == 30 and len(rows[1].sha256) == 64
     text = summary_text([StageResult("iso", "ok", 1.0)], arts)
-    assert "31 files" in text and "a" * 64 + "  h/h.iso" in text
+    assert "Artifacts (SHA-256; 31 files, each listed in build-summary.json):" in text.splitlines()
+    assert "a" * 64 + "  h/h.iso" in text
 
 
 def test_exit_code_is_the_first_failure() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -78,7 +79,9 @@ def test_stages_pass_and_the_summary_lists_every_artifact(built: Built) -> None:
     assert stages == {"validate": "ok", "render": "ok", "iso": "ok", "pxe": "ok", "packer": "ok",
                       "verify": "ok"}
     report = json.loads((host / "verify" / "report.json").read_text())
-    assert report and "0 fail" in built.text, built.text[-4000:]
+    assert report["ok"] is True and report["summary"]["fail"] == 0, built.text[-4000:]
+    assert report["summary"]["pass"] + report["summary"]["n/a"] == report["summary"]["total"] > 0
+    assert re.search(r"\d+ checks, \d+ pass, 0 fail, \d+ not applicable", built.text), built.text[-4000:]
     assert not [p for p in host.iterdir() if p.name.startswith(".")]  # no temporary work folders left
     arts = {a["path"]: a["sha256"] for a in summary["artifacts"]}
     assert arts["prometheus/prometheus-autoinstall.iso"] == sha256_file(host / "prometheus-autoinstall.iso")

@@ -18,6 +18,7 @@ import pytest
 from builder.errors import BuilderError
 from builder.media.fetch import IsoSource, acquire_base, parse_sha256sums
 from builder.media.serve import serving
+from tests.gpgagent import agents_for, stop_agents
 
 NAME = "ubuntu-24.04.3-live-server-amd64.iso"
 DATA = os.urandom(3 << 20)
@@ -150,10 +151,21 @@ def test_offline_says_so_and_suggests_base(tmp_path: Path) -> None:
     assert "--base" in (exc.value.hint or "")
 
 
-@pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("gpgv") is None, reason="gnupg/gpgv not installed")
-def test_signature_checked_with_gpgv(mirror: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def gnupghome(tmp_path: Path) -> Iterator[Path]:
+    """A throwaway GNUPGHOME whose gpg-agent is stopped at the end, and checked to be gone."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
+    try:
+        yield home
+    finally:
+        stop_agents(home)
+    assert agents_for(home) == [], f"gpg-agent for {home} is still running"
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None or shutil.which("gpgv") is None, reason="gnupg/gpgv not installed")
+def test_signature_checked_with_gpgv(mirror: Path, tmp_path: Path, gnupghome: Path) -> None:
+    home = gnupghome
     env = {**os.environ, "GNUPGHOME": str(home)}
     gpg = ["gpg", "--batch", "--quiet", "--pinentry-mode", "loopback", "--passphrase", ""]
     subprocess.run([*gpg, "--quick-gen-key", "CD Image Signing (test) <t@example.invalid>", "ed25519", "sign",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from builder.media.fetch import cache_dir
 from builder.media.serve import serving
 from builder.qemu import Nic, VmSpec
 from builder.testbed.console import parse_console
-from builder.testbed.standin_iso import cached_standin_iso
+from builder.testbed.standin_iso import STANDIN_INFO, cached_standin_iso
 from tests.vmboot import boot_all
 
 needs_tools = pytest.mark.skipif(
@@ -156,6 +157,9 @@ def test_network_boot_fetches_seed_from_builder_serve(bundle: tuple[Path, int], 
     assert "console=ttyS0,115200n8" in args
     assert report.seeds["user-data"] == (host / "autoinstall/user-data").read_bytes()
     assert report.seeds["meta-data"] == (host / "autoinstall/meta-data").read_bytes()
-    medium = report.line("medium-over-http:")
-    assert medium and "STANDIN" in medium, text[-2000:]
+    medium = re.fullmatch(r"medium-over-http: *(\d+) bytes, info: (.*)", report.line("medium-over-http:") or "")
+    assert medium is not None, text[-2000:]
+    served_iso = next((host / "pxe").glob("standin-*.iso"))
+    assert int(medium.group(1)) == served_iso.stat().st_size
+    assert medium.group(2) == STANDIN_INFO.strip()
     assert "GET /seed/prometheus/user-data" in served and "GET /standin-" in served

@@ -71,8 +71,16 @@ def test_table_shows_each_status_and_timings() -> None:
     assert "N/A     nvidia.smi" in text
     assert "PASS    system.hostname" in text
     assert "timings: boot_to_login 61.2s, checks 3.4s" in text
-    assert "1 fail" in text and "expected:" in text
-    assert report_dict(rep)["summary"]["total"] == len(rep.results)
+    lines = text.splitlines()
+    rows = [line.split()[0] for line in lines[2:2 + len(rep.results)]]
+    assert set(rows) == {"PASS", "FAIL", "N/A"} and rows.count("FAIL") == 1
+    # the count is a whole number on its own ("1 fail" would also be found in "11 fail")
+    assert (f"prometheus (fake): {len(rep.results)} checks, {rows.count('PASS')} pass, 1 fail, "
+            f"{rows.count('N/A')} not applicable") in lines
+    detail = lines.index(next(x for x in lines if x.startswith("FAIL ssh.sshd-effective [")))
+    assert lines[detail + 1].startswith("     expected: ") and lines[detail + 2].startswith("     found:    ")
+    assert report_dict(rep)["summary"] == {"total": len(rep.results), "pass": rows.count("PASS"), "fail": 1,
+                                           "n/a": rows.count("N/A")}
 
 
 def test_select_by_prefix() -> None:

@@ -64,4 +64,6 @@ def positive(kind: type = float, *, maximum: float | None = None):  # noqa: ANN2
 
 
 def port(text: str) -> int:
-    return positive(int, maximum=65535)(text)
+    from builder.media.serve import port_number
+
+    return port_number(text)

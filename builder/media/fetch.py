@@ -8,6 +8,7 @@ file named like a good ISO and never touches a file the user passed in.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -19,9 +20,9 @@ from urllib.parse import urlsplit
 import requests
 
 from builder.errors import BuilderError
+from builder.media.digest import cached_sha256, remember_sha256
 from builder.model import HostModel
 from builder.run import require_tool, run
-from builder.store import sha256_file
 
 log = logging.getLogger("builder.media.fetch")
 CHUNK = 1 << 20
@@ -127,26 +128,42 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def download(url: str, part: Path, session: requests.Session, label: str) -> None:
-    """Stream `url` into `part`, resuming from its current size; raise if cut short."""
+def _hash_prefix(part: Path, size: int) -> hashlib._Hash:
+    h = hashlib.sha256()
+    with open(part, "rb") as f:
+        while size > 0 and (chunk := f.read(min(CHUNK, size))):
+            h.update(chunk)
+            size -= len(chunk)
+    return h
+
+
+def download(url: str, part: Path, session: requests.Session, label: str) -> str:
+    """Stream `url` into `part`, resuming from its current size; raise if cut short; return its sha256.
+
+    The bytes are hashed as they arrive (a resumed part's existing bytes are read once first), so
+    the downloaded ISO is not read back for its checksum.
+    """
     have = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={have}-"} if have else {}
     resp = _get(session, url, headers=headers, stream=True)
     with resp:
         if resp.status_code == 416:  # nothing left to fetch: the part is already complete
-            return
+            return _hash_prefix(part, have).hexdigest()
         if resp.status_code == 206:
             total = int(resp.headers.get("Content-Range", "*/0").rsplit("/", 1)[1] or 0) or None
             mode = "ab"
             log.info("resuming %s at %d bytes", label, have)
+            h = _hash_prefix(part, have)
         else:
             have, mode = 0, "wb"
             total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
+            h = hashlib.sha256()
         progress = Progress(total, have, label)
         try:
             with open(part, mode) as f:
                 for chunk in resp.iter_content(CHUNK):
                     f.write(chunk)
+                    h.update(chunk)
                     progress.add(len(chunk))
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise BuilderError(
@@ -161,17 +178,19 @@ def download(url: str, part: Path, session: requests.Session, label: str) -> Non
             f"download of {url} was interrupted: {got} of {total} bytes",
             hint=f"run the same command again to resume from {part}",
         )
+    return h.hexdigest()
 
 
 def acquire_base(src: IsoSource, cache: Path | None = None, keyring: Path | None = None,
                  session: requests.Session | None = None) -> Path:
     """Return the path of a verified copy of the model's ISO, downloading it when needed."""
-    folder = (cache or cache_dir()) / "iso"
+    cache = cache or cache_dir()
+    folder = cache / "iso"
     folder.mkdir(parents=True, exist_ok=True)
     final, part = folder / src.name, folder / (src.name + ".part")
     session = session or requests.Session()
     if final.exists():
-        got = sha256_file(final)
+        got = cached_sha256(final, cache)
         if got == src.sha256:
             log.info("base ISO from cache: %s (sha256 ok)", final)
             return final
@@ -182,8 +201,7 @@ def acquire_base(src: IsoSource, cache: Path | None = None, keyring: Path | None
             hint="run again to download a fresh copy, or pass --base PATH",
         )
     fetch_sums(src, folder, session, keyring)
-    download(src.url, part, session, src.name)
-    got = sha256_file(part)
+    got = download(src.url, part, session, src.name)
     if got != src.sha256:
         bad = part.with_name(src.name + ".corrupt")
         os.replace(part, bad)
@@ -193,15 +211,20 @@ def acquire_base(src: IsoSource, cache: Path | None = None, keyring: Path | None
             hint="delete it and run again; if it repeats, the mirror or the pin is wrong",
         )
     os.replace(part, final)
+    remember_sha256(final, got, cache)  # the next build does not read it again
     log.info("base ISO downloaded and verified: %s", final)
     return final
 
 
-def check_given_base(path: Path, src: IsoSource | None) -> str:
-    """A --base file: must exist; its sha256 is returned (and compared to the pin when given)."""
+def check_given_base(path: Path, src: IsoSource | None, cache: Path | None = None) -> str:
+    """A --base file: must exist; its sha256 is returned (and compared to the pin when given).
+
+    The sha256 is remembered in the build cache (`cache`, default `cache_dir()`) while the file is
+    unchanged, so checking the same base again costs a stat, not a read of the whole ISO.
+    """
     if not path.is_file():
         raise BuilderError(f"base ISO not found: {path}")
-    got = sha256_file(path)
+    got = cached_sha256(path, cache or cache_dir())
     if src is not None and got != src.sha256:
         raise BuilderError(
             f"--base {path} has sha256 {got}, but the host model pins {src.sha256} for {src.name}",

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.run import require_tool, run
-from builder.store import sha256_file, staged_file, update_manifest
+from builder.media.digest import remember_sha256, write_hashed
+from builder.run import PIPE_FD, require_tool, run
+from builder.store import staged_file, update_manifest
 
 log = logging.getLogger("builder.media.iso")
 
@@ -49,6 +50,7 @@ class RemasterResult:
     xorriso_version: str
     xorriso_options: tuple[str, ...]
     seconds: float
+    sha256: str  # hashed while xorriso wrote it: the ISO is never read back
 
 
 def grub_quote(arg: str) -> str:
@@ -103,7 +105,8 @@ def list_files(iso: Path) -> list[str]:
         check=False,
     )
     err = proc.stderr.decode(errors="replace")
-    if proc.returncode != 0 or "is not a valid ISO" in err or "Not a known" in err:
+    # Random bytes load as a "blank image" with exit code 0: only the warning tells.
+    if proc.returncode != 0 or any(m in err for m in ("is not a valid ISO", "Not a known", "No ISO 9660 image")):
         raise BuilderError(
             f"base ISO {iso} is not a readable ISO 9660 image (corrupt or truncated?)",
             hint="download it again (delete the cached copy) or pass another --base",
@@ -224,19 +227,28 @@ def remaster(base: Path, out: Path, spec: RemasterSpec, allow_standin: bool = Fa
         options += ["-alter_date_r", "c", sde, *targets, "--"]
         options += ["-boot_image", "any", "replay", "-boot_image", "any", "gpt_disk_guid=volume_date_uuid"]
         with staged_file(out) as tmp_out:
-            cmd = ["xorriso", "-no_rc", "-indev", str(base), "-outdev", str(tmp_out), *options]
+            # xorriso writes the image into a pipe (a sequential stdio drive: one session, no seeking
+            # back); the builder tees it into the file and the SHA-256, so the ISO passes once.
+            cmd = ["xorriso", "-no_rc", "-indev", str(base), "-outdev", f"stdio:/dev/fd/{PIPE_FD}", *options]
             log.info("xorriso: remastering %s -> %s", base.name, out)
-            run(cmd, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
-            if not tmp_out.exists() or tmp_out.stat().st_size < base.stat().st_size // 2:
+            # mode 0600: it carries the autoinstall user-data (may hold password hashes)
+            written = write_hashed(cmd, tmp_out, mode=0o600, env={"SOURCE_DATE_EPOCH": str(epoch)}, timeout=3600)
+            if written.size < base.stat().st_size // 2:
                 raise BuilderError(f"xorriso did not write a complete ISO for {out}")
-            os.chmod(tmp_out, 0o600)  # it carries the autoinstall user-data (may hold password hashes)
     shown = [o.replace(str(stage), "STAGE") for o in options]
-    return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started)
+    return RemasterResult(out, xorriso_version(), tuple(shown), time.monotonic() - started, written.sha256)
 
 
-def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str) -> str:
-    """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256."""
-    digest = sha256_file(result.iso)
+def write_outputs(result: RemasterResult, manifest: Path, base_name: str, base_sha256: str,
+                  hash_cache: Path | None = None) -> str:
+    """`<iso>.sha256` (sha256sum format) and the `iso` section of manifest.json; returns the sha256.
+
+    With `hash_cache` (the build cache), the digest is also remembered there, so later stages
+    (Packer's iso_checksum, the build summary) get it without reading the ISO again.
+    """
+    digest = result.sha256
+    if hash_cache is not None:
+        remember_sha256(result.iso, digest, hash_cache)
     with staged_file(result.iso.with_name(result.iso.name + ".sha256"), overwrite=True) as tmp:
         tmp.write_text(f"{digest}  {result.iso.name}\n")
     update_manifest(manifest, "iso", {

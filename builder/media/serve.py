@@ -6,6 +6,7 @@ and Range requests, which Python's SimpleHTTPRequestHandler does not answer.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -17,6 +18,8 @@ from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from builder.errors import BuilderError
 
 log = logging.getLogger("builder.media.serve")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -97,11 +100,28 @@ class RangeHandler(SimpleHTTPRequestHandler):
             remaining -= len(chunk)
 
 
+def port_number(text: str) -> int:
+    """argparse type of a TCP port option: a whole number 1-65535 (0 = any free port is not a choice
+    a user means), so a bad value is a usage error (exit 2) naming the option, not a traceback."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
+
+
 def make_server(directory: Path, bind: str = "127.0.0.1", port: int = 0,
                 access_log: Path | None = None) -> ThreadingHTTPServer:
     cls = RangeHandler if access_log is None else type("FileLoggedHandler", (RangeHandler,), {"access_log": access_log})
     handler = partial(cls, directory=str(directory))
-    server = ThreadingHTTPServer((bind, port), handler)
+    try:
+        server = ThreadingHTTPServer((bind, port), handler)
+    except (OSError, OverflowError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise BuilderError(f"cannot listen on {bind}:{port}: {reason}",
+                           hint="choose another --port or --bind (ports below 1024 need root)") from exc
     server.daemon_threads = True
     return server
 
