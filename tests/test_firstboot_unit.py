@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -141,3 +142,19 @@ def test_reap_helpers_kills_only_this_forwards_nc(tmp_path):
         assert fwd.reap_helpers() == 1
         assert p.wait(timeout=10) != 0
         conn.close()
+
+
+@pytest.mark.skipif(shutil.which("ganesha.nfsd") is None or os.geteuid() != 0, reason="needs nfs-ganesha and root")
+def test_nfs_server_from_a_relative_workdir_exports_absolute_paths(tmp_path, monkeypatch):
+    """A relative --out once put a relative export path into ganesha.conf: ganesha then had no export
+    and the guest's writes meant for Atlas landed on the local disk. Paths for other programs are absolute."""
+    import re
+
+    from builder.testbed.nfs import nfs_server
+
+    monkeypatch.chdir(tmp_path)
+    with nfs_server(Path("rel") / "nfs", 3000, 3000) as server:
+        text = (server.workdir / "ganesha.conf").read_text()
+        assert server.running
+    paths = re.findall(r'Path = "([^"]+)"', text)
+    assert paths and all(p.startswith(str(tmp_path)) for p in paths), text

@@ -131,6 +131,7 @@ class GaneshaServer:
 @contextlib.contextmanager
 def nfs_server(workdir: Path, uid: int, gid: int, port: int | None = None):
     """Start ganesha exporting a fresh Atlas tree; always stopped on exit."""
+    workdir = workdir.absolute()  # ganesha.conf and the pid file are read by another program
     workdir.mkdir(parents=True, exist_ok=True)
     tree = workdir / "atlas"
     make_tree(tree, uid, gid)

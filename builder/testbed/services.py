@@ -127,6 +127,7 @@ def harness_model(model: HostModel, services: HarnessServices, extra_ssh_key: st
 @contextlib.contextmanager
 def harness_services(model: HostModel, workdir: Path) -> Iterator[HarnessServices]:
     """Start NFS + signed APT repo on loopback; both are stopped on exit (also on Ctrl-C)."""
+    workdir = workdir.absolute()  # every path handed to another program must be absolute
     workdir.mkdir(parents=True, exist_ok=True)
     sde = model.host.source_date_epoch
     keys = cache_root() / "firstboot" / "repo-keys"  # stable: a test seed renders identically
