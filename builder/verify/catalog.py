@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from builder.model import HostModel
 from builder.verify.checks_docker import docker_checks
 from builder.verify.checks_health import health_checks
 from builder.verify.checks_hostconfig import hostconfig_checks
@@ -15,7 +14,7 @@ from builder.verify.checks_system import system_checks
 from builder.verify.core import Check
 
 
-def build_catalog(model: Any) -> list[Check]:
+def build_catalog(model: HostModel) -> list[Check]:
     checks = [
         *system_checks(model),
         *ssh_checks(model),

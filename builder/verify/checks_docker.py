@@ -6,6 +6,7 @@ import json
 import shlex
 from typing import Any
 
+from builder.model import HostModel
 from builder.verify.checks_nvidia import is_installed
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
 
@@ -95,7 +96,7 @@ def no_docker_snap_check() -> Check:
                  "snap list docker; test -e /snap/bin/docker", "absent", fn, family="docker")
 
 
-def docker_packages_check(model: Any) -> Check:
+def docker_packages_check(model: HostModel) -> Check:
     pkgs = list(model.docker.packages)
     version = model.docker.version
 
@@ -131,7 +132,7 @@ def _daemon_json(ctx: Context) -> tuple[dict[str, Any] | None, str]:
     return (data, "") if isinstance(data, dict) else (None, "daemon.json is not an object")
 
 
-def no_tcp_api_check(model: Any) -> Check:
+def no_tcp_api_check(model: HostModel) -> Check:
     def fn(ctx: Context) -> Outcome:
         if model.docker.tcp_api:
             return not_applicable("the model allows the Docker TCP API (docker.tcp_api: true)")
@@ -155,7 +156,7 @@ def no_tcp_api_check(model: Any) -> Check:
                  family="docker")
 
 
-def daemon_bind_check(model: Any) -> Check:
+def daemon_bind_check(model: HostModel) -> Check:
     iface = model.network.interfaces[model.docker.bind_published_ports_to]
     want_ip, data_root = iface.ip, model.docker.data_root
 
@@ -178,7 +179,7 @@ def daemon_bind_check(model: Any) -> Check:
                  "cat /etc/docker/daemon.json", f'"ip": "{want_ip}"', fn, family="docker")
 
 
-def requires_mounts_check(model: Any) -> Check:
+def requires_mounts_check(model: HostModel) -> Check:
     want = list(model.docker.requires_mounts)
 
     def fn(ctx: Context) -> Outcome:
@@ -199,7 +200,7 @@ def requires_mounts_check(model: Any) -> Check:
                  "systemctl show -p RequiresMountsFor docker.service", " ".join(want), fn, family="docker")
 
 
-def docker_checks(model: Any) -> list[Check]:
+def docker_checks(model: HostModel) -> list[Check]:
     return [
         apt_source_check("docker", model.apt.docker, "no-snap-docker"),
         apt_source_check("nvidia", model.apt.nvidia, "nvidia-toolkit"),

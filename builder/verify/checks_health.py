@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import replace
-from typing import Any
 
+from builder.model import HostModel
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
 from builder.verify.targets import NO_GPU_IN_QEMU
 
@@ -59,7 +59,7 @@ def parse_nfs_probe(text: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def nfs_health_check(model: Any) -> Check:
+def nfs_health_check(model: HostModel) -> Check:
     mounts = [m.mountpoint for m in model.nfs.mounts]
 
     def fn(ctx: Context) -> Outcome:
@@ -106,7 +106,7 @@ def parse_df(text: str) -> tuple[int, int, str] | None:
         return None
 
 
-def scratch_pressure_check(model: Any) -> Check:
+def scratch_pressure_check(model: HostModel) -> Check:
     scratch = model.storage.scratch
     mp = (scratch.mountpoint if scratch else None) or model.docker.data_root
     limit = scratch.pressure_percent if scratch else 0
@@ -134,7 +134,7 @@ def scratch_pressure_check(model: Any) -> Check:
                  fn, family="health")
 
 
-def _if_alert_modelled(model: Any, alert: str, check: Check) -> Check:
+def _if_alert_modelled(model: HostModel, alert: str, check: Check) -> Check:
     """A check whose alert the model does not list (features.monitoring.alerts) is not applicable."""
     alerts = tuple(model.features.monitoring.alerts)
     if alert in alerts:
@@ -146,7 +146,7 @@ def _if_alert_modelled(model: Any, alert: str, check: Check) -> Check:
     return replace(check, fn=fn)
 
 
-def health_checks(model: Any) -> list[Check]:
+def health_checks(model: HostModel) -> list[Check]:
     checks = {"gpu-unavailable": gpu_health_check(), "nfs-mounts-unavailable": nfs_health_check(model),
               "scratch-disk-pressure": scratch_pressure_check(model)}
     return [_if_alert_modelled(model, alert, c) for alert, c in checks.items()]

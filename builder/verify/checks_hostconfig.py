@@ -8,8 +8,8 @@ import json
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Any
 
+from builder.model import HostModel
 from builder.seed.hostconfig import kernel_metapackages, mgmt_route_table, scratch_mountpoint
 from builder.verify.checks_nvidia import is_installed
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
@@ -76,7 +76,7 @@ def listener_problem(ln: Listener, servers_ip: str | None, mgmt_ip: str | None, 
     return f"{ln} on {ip}, neither loopback nor the SERVERS address"
 
 
-def listeners_check(model: Any) -> Check:
+def listeners_check(model: HostModel) -> Check:
     srv, mgmt, port = model.servers.ip, model.mgmt.ip, model.ssh.port
     expect = f"loopback, {srv} (SERVERS), sshd on {mgmt}:{port} (MGMT) only"
 
@@ -96,7 +96,7 @@ def listeners_check(model: Any) -> Check:
                  LISTENERS_CMD, expect, fn, family="network")
 
 
-def mgmt_policy_routing_check(model: Any) -> Check:
+def mgmt_policy_routing_check(model: HostModel) -> Check:
     mgmt = model.mgmt
     table = mgmt_route_table(model)
     expect = f"from {mgmt.ip} lookup {table}; table {table}: default via {mgmt.gateway} dev {mgmt.name}"
@@ -150,7 +150,7 @@ def _containerd_root(ctx: Context) -> str:
     return CONTAINERD_DEFAULT_ROOT
 
 
-def _docker_root(ctx: Context, model: Any) -> str:
+def _docker_root(ctx: Context, model: HostModel) -> str:
     res = ctx.run("docker info -f '{{.DockerRootDir}}'", root=True)
     if res.ok and res.stdout.strip().startswith("/"):
         return res.stdout.strip()
@@ -161,7 +161,7 @@ def _docker_root(ctx: Context, model: Any) -> str:
         return "/var/lib/docker"
 
 
-def storage_on_scratch_check(model: Any) -> Check:
+def storage_on_scratch_check(model: HostModel) -> Check:
     mp = scratch_mountpoint(model)
 
     def fn(ctx: Context) -> Outcome:
@@ -184,7 +184,7 @@ def storage_on_scratch_check(model: Any) -> Check:
                  f"on {mp}", fn, family="docker")
 
 
-def kernel_held_check(model: Any) -> Check:
+def kernel_held_check(model: HostModel) -> Check:
     metas = kernel_metapackages(model.os.kernel_package)
 
     def fn(ctx: Context) -> Outcome:
@@ -210,6 +210,6 @@ def kernel_held_check(model: Any) -> Check:
                  family="nvidia")
 
 
-def hostconfig_checks(model: Any) -> list[Check]:
+def hostconfig_checks(model: HostModel) -> list[Check]:
     return [listeners_check(model), mgmt_policy_routing_check(model), storage_on_scratch_check(model),
             kernel_held_check(model)]

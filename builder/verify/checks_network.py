@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from builder.model import HostModel
 from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 SEED_BY_ROLE = {"servers": "nic-servers", "mgmt": "nic-mgmt"}
@@ -57,7 +58,7 @@ def nic_check(role: str, iface: Any) -> Check:
                  SEED[SEED_BY_ROLE.get(role, "nic-servers")], "ip -j addr show", want_desc, fn, family="network")
 
 
-def default_route_check(model: Any) -> Check:
+def default_route_check(model: HostModel) -> Check:
     role = model.network.default_route
     iface = model.network.interfaces[role]
 
@@ -82,7 +83,7 @@ def default_route_check(model: Any) -> Check:
                  family="network")
 
 
-def network_checks(model: Any) -> list[Check]:
+def network_checks(model: HostModel) -> list[Check]:
     return [nic_check(role, iface) for role, iface in model.network.interfaces.items()] + [
         default_route_check(model)
     ]

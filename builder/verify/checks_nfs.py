@@ -6,6 +6,7 @@ import json
 import shlex
 from typing import Any
 
+from builder.model import HostModel, NfsMount
 from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 # Options that mount(8)/systemd consume; the kernel never shows them in the live mount.
@@ -24,11 +25,11 @@ def _userspace(opt: str) -> bool:
     return opt in USERSPACE_ONLY or opt.startswith(("x-", "comment="))
 
 
-def expected_options(model: Any, mount: Any) -> list[str]:
+def expected_options(model: HostModel, mount: NfsMount) -> list[str]:
     return [*model.nfs.options, *getattr(mount, "options", ()), mount.access]
 
 
-def expected_source(model: Any, mount: Any) -> str:
+def expected_source(model: HostModel, mount: NfsMount) -> str:
     export = "/" + mount.export.strip("/")
     return f"{model.nfs.server}:{export}"
 
@@ -38,7 +39,7 @@ def _norm_source(src: str) -> str:
     return f"{host}:/{path.strip('/')}"
 
 
-def _seed(mount: Any):
+def _seed(mount: NfsMount):
     return SEED.get(f"mount:{mount.mountpoint}", SEED["nfs-hosted"])
 
 
@@ -50,7 +51,7 @@ def _table(ctx: Context, fstab: bool) -> list[dict[str, Any]]:
     return json.loads(res.stdout or "{}").get("filesystems", [])
 
 
-def nfs_mounted_check(model: Any, mount: Any) -> Check:
+def nfs_mounted_check(model: HostModel, mount: NfsMount) -> Check:
     mp = mount.mountpoint
     want_opts = expected_options(model, mount)
     want_src = expected_source(model, mount)
@@ -105,7 +106,7 @@ def nfs_mounted_check(model: Any, mount: Any) -> Check:
                  f"ls {mp}; stat -f {mp}; findmnt [--fstab]", expect, fn, family="nfs")
 
 
-def nfs_access_check(mount: Any) -> Check:
+def nfs_access_check(mount: NfsMount) -> Check:
     mp = mount.mountpoint
     probe = shlex.quote(f"{mp.rstrip('/')}/.builder-verify-write-test")
 
@@ -137,7 +138,7 @@ def nfs_access_check(mount: Any) -> Check:
                  f"write a test file to {mp}", want, fn, family="nfs")
 
 
-def nfs_checks(model: Any) -> list[Check]:
+def nfs_checks(model: HostModel) -> list[Check]:
     checks: list[Check] = []
     for m in model.nfs.mounts:
         checks += [nfs_mounted_check(model, m), nfs_access_check(m)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
 
+from builder.model import HostModel
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
 from builder.verify.targets import NO_GPU_IN_QEMU
 
@@ -24,7 +24,7 @@ def _installed(ctx: Context, pkg: str) -> tuple[str, str]:
     return (status.strip(), version.strip()) if res.ok else ("", "")
 
 
-def driver_version_check(model: Any) -> Check:
+def driver_version_check(model: HostModel) -> Check:
     drv = model.nvidia.driver
 
     def fn(ctx: Context) -> Outcome:
@@ -41,7 +41,7 @@ def driver_version_check(model: Any) -> Check:
                  f"dpkg-query -W {drv.package}", f"{drv.package}={drv.version}", fn, family="nvidia")
 
 
-def driver_hold_check(model: Any) -> Check:
+def driver_hold_check(model: HostModel) -> Check:
     drv = model.nvidia.driver
 
     def fn(ctx: Context) -> Outcome:
@@ -57,7 +57,7 @@ def driver_hold_check(model: Any) -> Check:
                  "apt-mark showhold", drv.package, fn, family="nvidia")
 
 
-def driver_pin_check(model: Any) -> Check:
+def driver_pin_check(model: HostModel) -> Check:
     drv = model.nvidia.driver
 
     def fn(ctx: Context) -> Outcome:
@@ -75,7 +75,7 @@ def driver_pin_check(model: Any) -> Check:
                  f"apt-cache policy {drv.package}", f"Candidate: {drv.version}", fn, family="nvidia")
 
 
-def toolkit_check(model: Any) -> Check:
+def toolkit_check(model: HostModel) -> Check:
     tk = model.nvidia.container_toolkit
 
     def fn(ctx: Context) -> Outcome:
@@ -105,7 +105,7 @@ def toolkit_check(model: Any) -> Check:
                  "installed + runtimes.nvidia", fn, family="nvidia")
 
 
-def nvidia_smi_check(model: Any) -> Check:
+def nvidia_smi_check(model: HostModel) -> Check:
     drv = model.nvidia.driver
     upstream = (drv.version or "").split("-")[0]
 
@@ -128,6 +128,6 @@ def nvidia_smi_check(model: Any) -> Check:
                  not_on=NO_GPU_IN_QEMU)
 
 
-def nvidia_checks(model: Any) -> list[Check]:
+def nvidia_checks(model: HostModel) -> list[Check]:
     return [driver_version_check(model), driver_hold_check(model), driver_pin_check(model),
             toolkit_check(model), nvidia_smi_check(model)]

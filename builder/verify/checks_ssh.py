@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from builder.model import HostModel
 from builder.verify.core import SEED, Check, Context, Outcome, diff_sets, failed, not_applicable, passed
 from builder.verify.host import Result
 from builder.verify.sshaudit import fail_findings, offered, parse_report
@@ -21,16 +20,22 @@ def parse_sshd_t(text: str) -> dict[str, list[str]]:
     return out
 
 
-def mgmt_ip(model: Any) -> str:
-    iface = model.network.interfaces[model.ssh.listen_on]
-    return iface.ip
+def _known_ip(model: HostModel, nic: str) -> str:
+    ip = model.network.interfaces[nic].ip
+    if ip is None:  # the model's rules require it; a hand-built model may still lack it
+        raise ValueError(f"the model gives no address for the {nic} NIC (static address or DHCP reservation)")
+    return ip
 
 
-def servers_ip(model: Any) -> str:
-    return model.network.interfaces["servers"].ip
+def mgmt_ip(model: HostModel) -> str:
+    return _known_ip(model, model.ssh.listen_on)
 
 
-def sshd_effective_check(model: Any) -> Check:
+def servers_ip(model: HostModel) -> str:
+    return _known_ip(model, "servers")
+
+
+def sshd_effective_check(model: HostModel) -> Check:
     ssh = model.ssh
     yes_no = {True: "yes", False: "no"}
 
@@ -86,7 +91,7 @@ def sshd_effective_check(model: Any) -> Check:
                  "MaxAuthTries, AllowUsers/Groups, crypto lists, ListenAddress = MGMT", fn, family="ssh")
 
 
-def moduli_check(model: Any) -> Check:
+def moduli_check(model: HostModel) -> Check:
     bits = model.ssh.crypto.min_moduli_bits
 
     def fn(ctx: Context) -> Outcome:
@@ -109,7 +114,7 @@ def moduli_check(model: Any) -> Check:
                  "awk ... /etc/ssh/moduli", f"no group < {bits} bits", fn, family="ssh")
 
 
-def ssh_listeners_check(model: Any) -> Check:
+def ssh_listeners_check(model: HostModel) -> Check:
     port = model.ssh.port
 
     def fn(ctx: Context) -> Outcome:
@@ -159,7 +164,7 @@ def outside_reachability_check() -> Check:
                  "banner on MGMT, none on SERVERS", fn, family="ssh")
 
 
-def ssh_audit_check(model: Any) -> Check:
+def ssh_audit_check(model: HostModel) -> Check:
     crypto = model.ssh.crypto
 
     def fn(ctx: Context) -> Outcome:
@@ -191,6 +196,6 @@ def ssh_audit_check(model: Any) -> Check:
                  SEED["key-auth"], "ssh-audit -j -p PORT HOST", "no fail-level findings", fn, family="ssh")
 
 
-def ssh_checks(model: Any) -> list[Check]:
+def ssh_checks(model: HostModel) -> list[Check]:
     return [sshd_effective_check(model), moduli_check(model), ssh_listeners_check(model),
             outside_reachability_check(), ssh_audit_check(model)]

@@ -6,6 +6,7 @@ import json
 import shlex
 from typing import Any
 
+from builder.model import HostModel
 from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 
@@ -65,7 +66,7 @@ def failed_units_check() -> Check:
                  "systemctl list-units --failed", "empty list", fn, family="system")
 
 
-def hostname_check(model: Any) -> Check:
+def hostname_check(model: HostModel) -> Check:
     want = model.host.hostname
 
     def fn(ctx: Context) -> Outcome:
@@ -167,7 +168,7 @@ def password_status_check(name: str, want: str, *, seed_key: str, title: str) ->
                  f"status {want}", fn, family="users")
 
 
-def system_checks(model: Any) -> list[Check]:
+def system_checks(model: HostModel) -> list[Check]:
     checks = [cloud_init_check(), failed_units_check(), hostname_check(model)]
     for u in model.users:
         has_pw = bool(getattr(u, "password_hash", None) or getattr(u, "password_file", None))

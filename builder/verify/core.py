@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from builder.model import HostModel
 from builder.verify.host import DEFAULT_TIMEOUT, Host, HostUnreachable, Result
 from builder.verify.targets import STANDIN, Target, TargetKind
 
@@ -147,7 +148,7 @@ class Context:
     def __init__(
         self,
         host: Host,
-        model: Any,
+        model: HostModel,
         endpoints: Endpoints | None = None,
         outside: Outside | None = None,
         extra_authorized_keys: tuple[str, ...] = (),

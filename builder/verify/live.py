@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import BuilderError
+from builder.model import HostModel
 from builder.run import require_tool, run
 from builder.verify.catalog import build_catalog, select
 from builder.verify.core import CheckResult, Context, Endpoint, Endpoints, run_checks
@@ -79,7 +80,7 @@ def public_key_of(identity: Path) -> str:
                        hint="--identity takes an OpenSSH private key file")
 
 
-def model_user(model: Any, name: str | None) -> Any:
+def model_user(model: HostModel, name: str | None) -> Any:
     user = model.admin if name is None else next((u for u in model.users if u.name == name), None)
     if user is None:
         names = ", ".join(u.name for u in model.users)
@@ -88,7 +89,7 @@ def model_user(model: Any, name: str | None) -> Any:
     return user
 
 
-def check_identity_in_model(model: Any, user: Any, identity: Path) -> str:
+def check_identity_in_model(model: HostModel, user: Any, identity: Path) -> str:
     """The identity's public key line; raise when the model does not list it for `user` (no network)."""
     pub = public_key_of(identity)
     modelled = [key_id(k) for k in user.ssh_authorized_keys]
@@ -125,7 +126,7 @@ def _port(text: str, whole: str) -> int:
     return int(text)
 
 
-def live_endpoints(model: Any, target: Target, servers: Endpoint | None = None) -> Endpoints:
+def live_endpoints(model: HostModel, target: Target, servers: Endpoint | None = None) -> Endpoints:
     """MGMT: the address that is reached; SERVERS: the model's SERVERS address on the SSH port."""
     if servers is None:
         ip = model.network.interfaces["servers"].ip
@@ -137,7 +138,7 @@ def live_endpoints(model: Any, target: Target, servers: Endpoint | None = None) 
     return Endpoints(Endpoint(target.host or "", target.port), servers)
 
 
-def _ssh_failure(access: LiveAccess, stderr: str, model: Any) -> BuilderError:
+def _ssh_failure(access: LiveAccess, stderr: str, model: HostModel) -> BuilderError:
     where = f"{access.ssh_host}:{access.ssh_port}"
     s = stderr.lower()
     detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
@@ -161,7 +162,7 @@ def _ssh_failure(access: LiveAccess, stderr: str, model: Any) -> BuilderError:
     return BuilderError(f"SSH to {access.user}@{where} failed: {detail}")
 
 
-def preflight(access: LiveAccess, model: Any, timeout: float = 60.0) -> str:
+def preflight(access: LiveAccess, model: HostModel, timeout: float = 60.0) -> str:
     """Log in once and try sudo; return the remote hostname. Raise a clear BuilderError otherwise."""
     from builder.verify.ssh import ssh_run
 
@@ -182,7 +183,7 @@ def preflight(access: LiveAccess, model: Any, timeout: float = 60.0) -> str:
 
 
 def verify_live(
-    model: Any, target: Target, identity: Path, *, servers: Endpoint | None = None,
+    model: HostModel, target: Target, identity: Path, *, servers: Endpoint | None = None,
     only: list[str] | None = None, on_result: Callable[[CheckResult], None] | None = None,
     started: float | None = None,
 ) -> Report:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from builder.errors import BuilderError
+from builder.model import HostModel
 from builder.verify.catalog import build_catalog, select
 from builder.verify.core import CheckResult, Context, Endpoints, run_checks
 from builder.verify.host import SshHost
@@ -32,7 +33,7 @@ SEED_FILES = ("user-data", "meta-data", "network-config")
 
 @dataclass
 class Session:
-    model: Any  # the model as the test guest sees it (harness URLs, NFS server, extra key)
+    model: HostModel  # the model as the test guest sees it (harness URLs, NFS server, extra key)
     access: Any  # builder.verify.ssh.GuestAccess
     services: Any  # builder.testbed.services.HarnessServices
     extra_key: str
@@ -91,7 +92,7 @@ def seed_source(seed: Path) -> Path:
     return src
 
 
-def adapt_seed(seed: Path, model: Any, harness_model: Any, extra_key: str, dest: Path) -> Path:
+def adapt_seed(seed: Path, model: HostModel, harness_model: HostModel, extra_key: str, dest: Path) -> Path:
     """Copy a given seed folder for the test boot. Only the test overrides change: repository URLs
     and keys, the NFS server, and the harness' login key added to the admin user."""
     src = seed_source(seed)
@@ -122,7 +123,7 @@ def adapt_seed(seed: Path, model: Any, harness_model: Any, extra_key: str, dest:
     return dest
 
 
-def render_seed(model: Any, dest: Path) -> Path:
+def render_seed(model: HostModel, dest: Path) -> Path:
     """Render the model's first-boot seed (user-data, meta-data, network-config) into `dest`, 0600."""
     from builder.seed.render import render_host
 
@@ -136,7 +137,7 @@ def render_seed(model: Any, dest: Path) -> Path:
 
 @contextlib.contextmanager
 def guest_session(
-    model: Any, workdir: Path, *, seed: Path | None = None, image: Path | None = None, keep: bool = False,
+    model: HostModel, workdir: Path, *, seed: Path | None = None, image: Path | None = None, keep: bool = False,
     boot_timeout: float | None = None,
 ) -> Iterator[Session]:
     from builder.testbed.boot import booted_guest
