@@ -6,7 +6,7 @@ import json
 import shlex
 from typing import Any
 
-from builder.model import HostModel
+from builder.model import AptRepo, HostModel
 from builder.verify.checks_nvidia import is_installed
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
 
@@ -55,7 +55,7 @@ def parse_sources(text: str) -> list[dict[str, str]]:
     return entries
 
 
-def apt_source_check(name: str, repo: Any, seed_key: str) -> Check:
+def apt_source_check(name: str, repo: AptRepo, seed_key: str) -> Check:
     url = repo.url.rstrip("/")
 
     def fn(ctx: Context) -> Outcome:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from builder.model import HostModel
+from builder.model import HostModel, Interface
 from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 SEED_BY_ROLE = {"servers": "nic-servers", "mgmt": "nic-mgmt"}
@@ -22,7 +22,7 @@ def _v4(link: dict[str, Any]) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"]
 
 
-def nic_check(role: str, iface: Any) -> Check:
+def nic_check(role: str, iface: Interface) -> Check:
     want_ip = iface.ip
     want_desc = f"{iface.name} mac={iface.mac} addr={want_ip or 'any'} ({'dhcp' if iface.dhcp else 'static'})"
 

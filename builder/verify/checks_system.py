@@ -6,7 +6,7 @@ import json
 import shlex
 from typing import Any
 
-from builder.model import HostModel
+from builder.model import HostModel, User
 from builder.verify.core import SEED, Check, Context, Outcome, failed, passed
 
 
@@ -80,7 +80,7 @@ def hostname_check(model: HostModel) -> Check:
                  want, fn, family="system")
 
 
-def user_account_check(user: Any) -> Check:
+def user_account_check(user: User) -> Check:
     name = user.name
 
     def fn(ctx: Context) -> Outcome:
@@ -121,7 +121,7 @@ def _key_id(line: str) -> str:
     return line.strip()
 
 
-def user_keys_check(user: Any) -> Check:
+def user_keys_check(user: User) -> Check:
     name = user.name
     want = [_key_id(k) for k in user.ssh_authorized_keys]
 

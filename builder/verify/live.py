@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import BuilderError
-from builder.model import HostModel
+from builder.model import HostModel, User
 from builder.run import require_tool, run
 from builder.verify.catalog import build_catalog, select
 from builder.verify.core import CheckResult, Context, Endpoint, Endpoints, run_checks
@@ -89,7 +89,7 @@ def model_user(model: HostModel, name: str | None) -> Any:
     return user
 
 
-def check_identity_in_model(model: HostModel, user: Any, identity: Path) -> str:
+def check_identity_in_model(model: HostModel, user: User, identity: Path) -> str:
     """The identity's public key line; raise when the model does not list it for `user` (no network)."""
     pub = public_key_of(identity)
     modelled = [key_id(k) for k in user.ssh_authorized_keys]
