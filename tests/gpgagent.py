@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -44,3 +47,12 @@ def stop_agents(home: Path) -> None:
     if shutil.which("gpgconf"):
         subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(home)},
                        capture_output=True, timeout=30, check=False)
+    deadline = time.monotonic() + 10  # the agent exits asynchronously (slowly on a loaded machine)
+    while agents_for(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in agents_for(home):  # still there: it ignored the request
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while agents_for(home) and time.monotonic() < deadline:
+        time.sleep(0.1)

@@ -19,6 +19,7 @@ from builder.seed.render import render_host
 from builder.verify.checks_hostconfig import Listener, hostconfig_checks, listener_problem, parse_listeners
 from builder.verify.core import Context, run_checks
 from builder.verify.host import FakeHost, Result
+from builder.verify.targets import disk_target
 from tests.conftest import default_model_data
 from tests.verify_canned import ENDPOINTS, FakeOutside, healthy_responses, listeners, mgmt_table, rules
 
@@ -189,7 +190,8 @@ def test_rendered_units_parse(tmp_path: Path) -> None:
 
 def _verify(changes: dict[str, Any] | None = None, model: Any = MODEL) -> dict[str, Any]:
     host = FakeHost({**healthy_responses(model), **(changes or {})})
-    ctx = Context(host, model, ENDPOINTS, FakeOutside(model))
+    # the installed disk: the direct-boot stand-in cannot judge the scratch disk (no installer ran)
+    ctx = Context(host, model, ENDPOINTS, FakeOutside(model), target=disk_target(Path("installed.qcow2")))
     return {r.check.id: r for r in run_checks(hostconfig_checks(model), ctx)}
 
 

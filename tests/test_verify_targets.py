@@ -112,12 +112,14 @@ def test_parse_endpoint() -> None:
 
 # --- which checks apply where ---------------------------------------------------------------------
 
-def test_only_the_gpu_checks_depend_on_the_target_kind() -> None:
+def test_only_the_gpu_and_scratch_checks_depend_on_the_target_kind() -> None:
     catalog = build_catalog(MODEL)
     skipped = {kind: {c.id for c in catalog if c.skip_reason(kind)} for kind in KINDS}
-    assert skipped == {"standin": {"nvidia.smi", "health.gpu"}, "disk": {"nvidia.smi", "health.gpu"},
-                       "ssh": set()}
-    for cid in skipped["standin"]:
+    assert skipped == {"standin": {"nvidia.smi", "health.gpu", "docker.storage-on-scratch"},
+                       "disk": {"nvidia.smi", "health.gpu"}, "ssh": set()}
+    scratch = next(c for c in catalog if c.id == "docker.storage-on-scratch")
+    assert "no installer-made scratch disk" in (scratch.skip_reason("standin") or "")
+    for cid in skipped["disk"]:
         check = next(c for c in catalog if c.id == cid)
         assert "no GPU inside QEMU" in (check.skip_reason("disk") or "")
 
@@ -125,7 +127,8 @@ def test_only_the_gpu_checks_depend_on_the_target_kind() -> None:
 @pytest.mark.parametrize("target", [STANDIN, disk_target(Path("d.qcow2"))], ids=["standin", "disk"])
 def test_gpu_is_not_applicable_inside_qemu_even_without_asking(target: Target) -> None:
     res = run_on(target)
-    assert by_status(res, "n/a") == {"nvidia.smi", "health.gpu"}
+    scratch = {"docker.storage-on-scratch"} if target.kind == "standin" else set()
+    assert by_status(res, "n/a") == {"nvidia.smi", "health.gpu"} | scratch
     assert by_status(res, "fail") == set()
     for cid in ("nvidia.smi", "health.gpu"):
         assert "no GPU inside QEMU" in res[cid].outcome.message

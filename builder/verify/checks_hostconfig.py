@@ -13,6 +13,7 @@ from builder.model import HostModel
 from builder.seed.hostconfig import kernel_metapackages, mgmt_route_table, scratch_mountpoint
 from builder.verify.checks_nvidia import is_installed
 from builder.verify.core import SEED, Check, Context, Outcome, failed, not_applicable, passed
+from builder.verify.targets import not_on
 
 LISTENERS_CMD = "ss -Htulnp"
 SSH_PROCESSES = {"sshd", "systemd"}  # systemd holds ssh.socket until the first connection
@@ -30,6 +31,11 @@ class Listener:
         addr = f"[{self.addr}]" if ":" in self.addr else self.addr
         return f"{self.proto} {addr}:{self.port} ({self.process or 'kernel'})"
 
+
+# The direct-boot stand-in is the image without an installer run: no scratch disk was partitioned,
+# formatted or put into fstab. The installed disk (--target disk:) and the live host are judged.
+NO_SCRATCH_ON_STANDIN = not_on(("standin",), "the direct-boot stand-in has no installer-made scratch disk: "
+                                            "judged on the installed disk (--target disk:) and the live host")
 
 def parse_listeners(text: str) -> list[Listener]:
     """`ss -Htulnp` lines -> listeners (tcp LISTEN and udp UNCONN sockets)."""
@@ -181,7 +187,7 @@ def storage_on_scratch_check(model: HostModel) -> Check:
 
     return Check("docker.storage-on-scratch", "images and layers (Docker and containerd roots) on the scratch disk",
                  SEED["docker-disposable"], "docker info; /etc/containerd/config.toml; findmnt -T",
-                 f"on {mp}", fn, family="docker")
+                 f"on {mp}", fn, family="docker", not_on=NO_SCRATCH_ON_STANDIN)
 
 
 def kernel_held_check(model: HostModel) -> Check:
