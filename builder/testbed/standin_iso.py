@@ -2,8 +2,10 @@
 
 It exists so that remastering, BIOS/UEFI × CD/USB boots and PXE can be tested offline. Its initrd
 (busybox-static + the Debian kernel's modules) prints the kernel command line and the NoCloud seed
-it finds, then powers off. It is marked as a stand-in in `/.disk/info`, `/.disk/standin` and its
-volume id, and `builder iso` refuses it without `--allow-standin`.
+it finds; when the kernel line asks for autoinstall it plays the installer's storage contract
+(`data/standin-iso/install`: every disk matcher resolved as subiquity does, a failure marker when
+one does not select exactly one disk, the success marker otherwise), then powers off. It is marked as a stand-in in
+`/.disk/info`, `/.disk/standin` and its volume id, and `builder iso` refuses it without `--allow-standin`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ KERNEL_META_PACKAGE = "linux-image-amd64"
 # Modules for CD-ROM, SATA/IDE, USB (xhci + usb-storage), virtio and the usual QEMU NICs.
 WANTED_MODULES = (
     "isofs", "sr_mod", "ata_piix", "ahci", "sd_mod", "usb_storage", "uas", "xhci_pci",
-    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop",
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop", "nvme",
 )
+STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
     "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
@@ -159,6 +162,8 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
         shutil.copyfile(busybox, root / "bin" / "busybox")
         (root / "init").write_bytes(data_file("init"))
         (root / "etc" / "udhcpc.script").write_bytes(data_file("udhcpc.script"))
+        (root / "bin" / "standin-install").write_bytes(data_file("install"))
+        (root / "etc" / "standin-storage.awk").write_bytes(data_file("storage.awk"))
         (root / "etc" / "standin-label").write_text(label + "\n")
         order = module_load_order(kernel)
         for rel in order:
@@ -166,7 +171,8 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules / rel, dst)
         (root / "etc" / "standin-modules").write_text("".join(f"{rel}\n" for rel in order))
-        for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script"):
+        for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script",
+                  root / "bin" / "standin-install"):
             p.chmod(0o755)
         _set_tree_mtimes(root, epoch)
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
@@ -265,7 +271,7 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
     import hashlib
 
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("init", "udhcpc.script", "embedded.cfg", "grub.cfg", "loopback.cfg"):
+    for name in STANDIN_DATA_FILES:
         h.update(data_file(name))
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
