@@ -1,0 +1,97 @@
+"""`builder packer` on the remastered stand-in ISO under TCG (two short boots, about 30 s each).
+
+The Packer VM presents the model's disks on their buses with the model's serials; the stand-in
+installer resolves the rendered storage matchers against what udev would compute from the kernel's
+view of those disks. With the default model each matcher selects its disk; with an ISO rendered for
+a model whose OS serial the VM's disk does not carry, the installer stops with `matched no disk`
+and `builder packer` fails quoting that line, keeping no disk image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.media.fetch import cache_dir
+from builder.packer import INSTALL_FAILED, INSTALL_OK
+from builder.resources import resource_path
+from builder.testbed.standin_iso import cached_standin_iso
+
+TOOLS = ("packer", "qemu-system-x86_64", "qemu-img", "xorriso")
+pytestmark = [
+    pytest.mark.vm,
+    pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
+                       reason=f"needs {', '.join(TOOLS)} (scripts/install-deps)"),
+]
+OS_SERIAL = "S6PNNX0T000001"  # hosts/prometheus.yaml storage.os_disk.match.serial
+SCRATCH_SERIAL = "S64ANS0T000001"
+
+
+def _cli(argv: list[str]) -> tuple[int, str, str, float]:
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, out.getvalue(), err.getvalue(), time.monotonic() - started
+
+
+def _host_with_os_serial(tmp: Path, serial: str) -> Path:
+    src = resource_path("hosts", "prometheus.yaml")
+    text = src.read_text()
+    assert f"serial: {OS_SERIAL}, bus: sata" in text
+    tmp.mkdir(parents=True)
+    host = tmp / "prometheus.yaml"
+    host.write_text(text.replace(f"serial: {OS_SERIAL}, bus: sata", f"serial: {serial}, bus: sata"))
+    shutil.copytree(src.parent / "keys", tmp / "keys")
+    return host
+
+
+@pytest.fixture(scope="module")
+def standin() -> Path:
+    return cached_standin_iso(cache_dir())
+
+
+def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    rc, text, err, _ = _cli(["iso", "--base", str(standin), "--allow-standin", "--out", str(out)])
+    assert rc == 0, err
+    rc, text, err, seconds = _cli(["packer", "--out", str(out), "--accel", "tcg", "--packer-timeout", "600"])
+    print(f"\nbuilder packer (stand-in, default model): exit {rc} after {seconds:.0f}s")
+    assert rc == 0, text[-4000:] + err
+    build = out / "prometheus" / "packer" / "build"
+    serial = (build / "serial.log").read_text(errors="replace")
+    assert (f"STANDIN: disk-os matched /dev/sda ID_SERIAL=QEMU_HARDDISK_{OS_SERIAL} "
+            f"(match: serial '*_{OS_SERIAL}')") in serial
+    assert (f"STANDIN: disk-scratch matched /dev/nvme0n1 ID_SERIAL=QEMU_NVMe_Ctrl_{SCRATCH_SERIAL}_1 "
+            f"(match: serial '*_{SCRATCH_SERIAL}_1')") in serial
+    assert f"\n{INSTALL_OK}" in serial.replace("\r", "")
+    assert "-bios" in (build / "packer.log").read_text()  # the model's firmware: uefi (OVMF)
+    assert sorted(p.name for p in (build / "images").iterdir()) == ["prometheus", "prometheus-1"]
+    assert "serial| STANDIN: disk-os matched /dev/sda" in text  # shown while Packer runs
+
+
+def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(standin: Path, tmp_path: Path) -> None:
+    wrong = _host_with_os_serial(tmp_path / "wrong", "NOTTHISDISK01")
+    out = tmp_path / "out"
+    rc, _, err, _ = _cli(["iso", "--host", str(wrong), "--base", str(standin), "--allow-standin", "--out",
+                          str(tmp_path / "wrong-out")])
+    assert rc == 0, err
+    iso = tmp_path / "wrong-out" / "prometheus" / "prometheus-autoinstall.iso"
+    # the VM plays the default model's disks; the ISO's autoinstall asks for another OS disk
+    rc, text, err, seconds = _cli(["packer", "--out", str(out), "--iso", str(iso), "--accel", "tcg",
+                                   "--packer-timeout", "600"])
+    print(f"\nbuilder packer (stand-in, OS serial not on the VM's disk): exit {rc} after {seconds:.0f}s")
+    assert rc == 2, text[-3000:] + err
+    assert seconds < 60
+    assert (f"the installer failed: {INSTALL_FAILED}: disk-os matched no disk "
+            "(match: serial '*_NOTTHISDISK01')") in err
+    packer_dir = out / "prometheus" / "packer"
+    assert not (packer_dir / "build").exists()  # no disk image that looks like a good build
+    assert sorted(p.name for p in (packer_dir / "last-failure").iterdir()) == ["packer.log", "serial.log"]
+    assert not list(packer_dir.rglob("prometheus-1"))
