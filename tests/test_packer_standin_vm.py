@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from builder.packer import INSTALL_FAILED, INSTALL_OK
 from builder.resources import resource_path
 from builder.testbed.standin_iso import cached_standin_iso
 
-TOOLS = ("packer", "qemu-system-x86_64", "qemu-img", "xorriso")
+TOOLS = ("packer", "qemu-system-x86_64", "qemu-img", "xorriso", "sfdisk", "blkid", "debugfs")
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
@@ -52,6 +56,26 @@ def _host_with_os_serial(tmp: Path, serial: str) -> Path:
     return host
 
 
+def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
+    """The GPT partitions of a qcow2 disk image with the filesystem blkid finds in each (read-only, on a copy)."""
+    raw = tmp / (image.name + ".raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, check=True).stdout)
+    assert table["partitiontable"]["label"] == "gpt"
+    out = []
+    for p in table["partitiontable"]["partitions"]:
+        probe = subprocess.run(["blkid", "-p", "-o", "export", "--offset", str(p["start"] * 512), str(raw)],
+                               capture_output=True, text=True).stdout
+        props = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
+        fstab = ""
+        if props.get("TYPE") == "ext4":
+            fstab = subprocess.run(["debugfs", "-R", "cat /etc/fstab", f"{raw}?offset={p['start'] * 512}"],
+                                   capture_output=True, text=True).stdout
+        out.append({"type": p["type"], "fs": props.get("TYPE", ""), "uuid": props.get("UUID", ""), "fstab": fstab})
+    raw.unlink()
+    return out
+
+
 @pytest.fixture(scope="module")
 def standin() -> Path:
     return cached_standin_iso(cache_dir())
@@ -74,6 +98,16 @@ def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Pat
     assert "-bios" in (build / "packer.log").read_text()  # the model's firmware: uefi (OVMF)
     assert sorted(p.name for p in (build / "images").iterdir()) == ["prometheus", "prometheus-1"]
     assert "serial| STANDIN: disk-os matched /dev/sda" in text  # shown while Packer runs
+    # the OS disk holds the rendered UEFI layout, the scratch disk its filesystem, fstab by UUID
+    esp, root = _partitions(build / "images" / "prometheus", tmp_path)
+    (scratch,) = _partitions(build / "images" / "prometheus-1", tmp_path)
+    assert (esp["type"], esp["fs"], root["type"], root["fs"]) == (ESP, "vfat", LINUX, "ext4")
+    assert (scratch["type"], scratch["fs"]) == (LINUX, "ext4")
+    assert root["fstab"].splitlines() == [
+        f"/dev/disk/by-uuid/{root['uuid']} / ext4 defaults 0 1",
+        f"/dev/disk/by-uuid/{esp['uuid']} /boot/efi vfat defaults 0 2",
+        f"/dev/disk/by-uuid/{scratch['uuid']} /var/lib/docker ext4 defaults,noatime 0 2",
+    ]
 
 
 def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(standin: Path, tmp_path: Path) -> None:

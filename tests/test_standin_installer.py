@@ -113,7 +113,8 @@ def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, An
     user_data.write_text("#cloud-config\n" + to_yaml({"autoinstall": autoinstall}))
     script = resource("testbed", "standin-iso", "install")
     proc = subprocess.run([str(BUSYBOX), "sh", str(script), str(user_data)], capture_output=True, text=True,
-                          env={"STANDIN_SYS": str(sysfs), "STANDIN_HERE": str(here), "PATH": "/usr/bin:/bin"},
+                          env={"STANDIN_SYS": str(sysfs), "STANDIN_HERE": str(here), "PATH": "/usr/bin:/bin",
+                               "STANDIN_DRYRUN": "1", "STANDIN_TARGET": str(tmp_path / "target")},
                           timeout=60)
     assert proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
@@ -221,3 +222,38 @@ def test_the_rendered_autoinstall_is_read(tmp_path: Path) -> None:
     assert actions[0].split() == ["k_type='disk'", "k_id='disk-os'", "k_has_match='1'",
                                   "k_match_serial='*_S6PNNX0T000001'", "k_ptable='gpt'",
                                   "k_wipe='superblock-recursive'", "k_preserve='false'", "k_match_keys='", "serial'"]
+
+
+@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, firmware: str) -> None:
+    """Dry run (commands printed, not run): GPT per firmware, filesystems, mounts parents first, fstab by UUID."""
+    storage = storage_config(_model(*MATCHES[0], firmware=firmware))
+    run = run_standin(tmp_path, BENCH, {"storage": storage})
+    assert run.rc == 0 and run.lines[-1] == INSTALL_OK, run.lines
+    text = "\n".join(run.lines)
+    if firmware == "uefi":
+        assert "STANDIN: disk-os: /dev/sda partitioned (gpt): /dev/sda1(boot,1G) /dev/sda2(linux,rest)" in text
+        assert "run: /usr/sbin/mkfs.fat -F 32 /dev/sda1" in text and "run: mount -t vfat /dev/sda1 " in text
+        assert "fstab: /dev/disk/by-uuid/UUID-of-/dev/sda1 /boot/efi vfat defaults 0 2" in text
+    else:
+        assert "STANDIN: disk-os: /dev/sda partitioned (gpt): /dev/sda1(bios_grub,1M) /dev/sda2(linux,rest)" in text
+        assert "mkfs.fat" not in text and "/boot/efi" not in text
+    assert "STANDIN: disk-scratch: /dev/nvme0n1 partitioned (gpt): /dev/nvme0n1p1(linux,rest)" in text
+    assert "run: /usr/sbin/mke2fs -F -q -t ext4 /dev/sda2" in text
+    assert "run: /usr/sbin/mke2fs -F -q -t ext4 /dev/nvme0n1p1" in text
+    mounts = [line.split()[-1] for line in run.lines if "run: mount " in line]
+    assert mounts[0].endswith("/target/") and mounts[-1].endswith("/target/var/lib/docker")
+    assert "fstab: /dev/disk/by-uuid/UUID-of-/dev/sda2 / ext4 defaults 0 1" in text
+    assert "fstab: /dev/disk/by-uuid/UUID-of-/dev/nvme0n1p1 /var/lib/docker ext4 defaults,noatime 0 2" in text
+    assert not (tmp_path / "target").exists()  # a dry run writes nothing
+
+
+def test_unimplemented_layouts_fail_before_touching_a_disk(tmp_path: Path) -> None:
+    storage = storage_config(_model(*MATCHES[0]))
+    for action in storage["config"]:
+        if action["id"] == "fmt-root":
+            action["fstype"] = "xfs"
+    run = run_standin(tmp_path, BENCH, {"storage": storage})
+    assert run.rc == 1
+    assert run.lines[-1] == f"{INSTALL_FAILED}: fmt-root: fstype 'xfs' is not implemented by the stand-in"
+    assert not any("run: " in line for line in run.lines)

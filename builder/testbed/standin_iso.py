@@ -40,7 +40,12 @@ KERNEL_META_PACKAGE = "linux-image-amd64"
 WANTED_MODULES = (
     "isofs", "sr_mod", "ata_piix", "ahci", "sd_mod", "usb_storage", "uas", "xhci_pci",
     "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop", "nvme",
+    # the filesystems the stand-in installer formats and mounts (ESP: vfat with its code pages)
+    "ext4", "crc32c_generic", "vfat", "nls_cp437", "nls_utf8", "nls_ascii",
 )
+# Tools the stand-in installer partitions and formats with, copied from the build host (Debian) with
+# the shared libraries `ldd` names: (tool, Debian package).
+INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"))
 STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
@@ -142,6 +147,30 @@ def module_load_order(kernel: KernelTree, wanted: tuple[str, ...] = WANTED_MODUL
     return order
 
 
+def install_tool_paths() -> list[Path]:
+    """The host's installer tools and every shared library they load (absolute paths, sorted)."""
+    found: set[Path] = set()
+    for tool, pkg in INSTALL_TOOLS:
+        binary = Path(require_tool(tool, pkg))
+        found.add(binary)
+        out = run(["ldd", binary]).stdout.decode()
+        found.update(Path(p) for p in re.findall(r"(/\S+) \(0x[0-9a-f]+\)", out))
+    if Path("/etc/mke2fs.conf").is_file():
+        found.add(Path("/etc/mke2fs.conf"))
+    return sorted(found)
+
+
+def _copy_install_tools(root: Path) -> None:
+    for src in install_tool_paths():
+        if src.name in {name for name, _ in INSTALL_TOOLS}:
+            dst = root / "usr" / "sbin" / src.name
+        else:
+            dst = root / src.relative_to("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        dst.chmod(0o755 if dst.parent.name == "sbin" or ".so" in dst.name else 0o644)
+
+
 def _set_tree_mtimes(root: Path, epoch: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -164,6 +193,7 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
         (root / "etc" / "udhcpc.script").write_bytes(data_file("udhcpc.script"))
         (root / "bin" / "standin-install").write_bytes(data_file("install"))
         (root / "etc" / "standin-storage.awk").write_bytes(data_file("storage.awk"))
+        _copy_install_tools(root)
         (root / "etc" / "standin-label").write_text(label + "\n")
         order = module_load_order(kernel)
         for rel in order:
@@ -273,6 +303,8 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
     h = hashlib.sha256(Path(__file__).read_bytes())
     for name in STANDIN_DATA_FILES:
         h.update(data_file(name))
+    for tool in install_tool_paths():  # the host's partitioning/formatting tools go into the initrd
+        h.update(str(tool).encode() + tool.read_bytes())
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
     if not path.exists():
