@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder.cli import main
 from builder.media.fetch import cache_dir
@@ -67,11 +68,13 @@ def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
         probe = subprocess.run(["blkid", "-p", "-o", "export", "--offset", str(p["start"] * 512), str(raw)],
                                capture_output=True, text=True).stdout
         props = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
-        fstab = ""
+        files = {}
         if props.get("TYPE") == "ext4":
-            fstab = subprocess.run(["debugfs", "-R", "cat /etc/fstab", f"{raw}?offset={p['start'] * 512}"],
-                                   capture_output=True, text=True).stdout
-        out.append({"type": p["type"], "fs": props.get("TYPE", ""), "uuid": props.get("UUID", ""), "fstab": fstab})
+            for name in ("/etc/fstab", "/var/lib/cloud/seed/nocloud/user-data",
+                         "/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"):
+                files[name] = subprocess.run(["debugfs", "-R", f"cat {name}", f"{raw}?offset={p['start'] * 512}"],
+                                             capture_output=True, text=True).stdout
+        out.append({"type": p["type"], "fs": props.get("TYPE", ""), "uuid": props.get("UUID", ""), **files})
     raw.unlink()
     return out
 
@@ -103,11 +106,15 @@ def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Pat
     (scratch,) = _partitions(build / "images" / "prometheus-1", tmp_path)
     assert (esp["type"], esp["fs"], root["type"], root["fs"]) == (ESP, "vfat", LINUX, "ext4")
     assert (scratch["type"], scratch["fs"]) == (LINUX, "ext4")
-    assert root["fstab"].splitlines() == [
+    assert root["/etc/fstab"].splitlines() == [
         f"/dev/disk/by-uuid/{root['uuid']} / ext4 defaults 0 1",
         f"/dev/disk/by-uuid/{esp['uuid']} /boot/efi vfat defaults 0 2",
         f"/dev/disk/by-uuid/{scratch['uuid']} /var/lib/docker ext4 defaults,noatime 0 2",
     ]
+    # the embedded first-boot config, where the installed system's cloud-init reads it
+    first_boot = (out / "prometheus" / "first-boot" / "user-data").read_text()
+    assert yaml.safe_load(root["/var/lib/cloud/seed/nocloud/user-data"]) == yaml.safe_load(first_boot)
+    assert "NoCloud" in root["/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"]
 
 
 def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(standin: Path, tmp_path: Path) -> None:

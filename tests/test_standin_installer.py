@@ -104,17 +104,21 @@ class Run:
         return dict(re.findall(r"^STANDIN: disk /dev/(\S+) size=\d+ ID_SERIAL=(\S+)", "\n".join(self.lines), re.M))
 
 
-def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, Any]) -> Run:
+def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, Any] | None,
+                text: str | None = None) -> Run:
     sysfs = write_sysfs(tmp_path / "sys", disks)
     here = tmp_path / "etc"
     here.mkdir()
     shutil.copyfile(resource("testbed", "standin-iso", "storage.awk"), here / "standin-storage.awk")
     user_data = tmp_path / "user-data"
-    user_data.write_text("#cloud-config\n" + to_yaml({"autoinstall": autoinstall}))
+    if text is None:
+        text = "#cloud-config\n" + to_yaml({"autoinstall": {"user-data": {"hostname": "standin-test"}, **autoinstall}})
+    user_data.write_text(text)
     script = resource("testbed", "standin-iso", "install")
     proc = subprocess.run([str(BUSYBOX), "sh", str(script), str(user_data)], capture_output=True, text=True,
                           env={"STANDIN_SYS": str(sysfs), "STANDIN_HERE": str(here), "PATH": "/usr/bin:/bin",
-                               "STANDIN_DRYRUN": "1", "STANDIN_TARGET": str(tmp_path / "target")},
+                               "STANDIN_DRYRUN": "1", "STANDIN_TARGET": str(tmp_path / "target"),
+                               "STANDIN_TMP": str(tmp_path)},
                           timeout=60)
     assert proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
@@ -211,10 +215,22 @@ def test_unimplemented_match_keys_fail_loudly(tmp_path: Path) -> None:
 
 
 def test_the_rendered_autoinstall_is_read(tmp_path: Path) -> None:
-    """The awk reader on the real rendered user-data (quoted globs, nested match, other sections)."""
+    """The awk readers on the real rendered user-data: storage actions (quoted globs, nested match) and
+    the embedded first-boot user-data, which the stand-in places for the installed system's cloud-init."""
+    import yaml
+
     from builder.seed.render import render_host
 
-    text = render_host(load_model())["autoinstall/user-data"].decode()
+    rendered = render_host(load_model())
+    text = rendered["autoinstall/user-data"].decode()
+    run = run_standin(tmp_path, [FakeDisk("sda", "sata", "QEMU HARDDISK", "S6PNNX0T000001"),
+                                 FakeDisk("nvme0n1", "nvme", "QEMU NVMe Ctrl", "S64ANS0T000001")], None, text)
+    assert run.rc == 0 and run.lines[-1] == INSTALL_OK, run.lines
+    placed = (tmp_path / "first-boot-user-data").read_text()
+    assert placed.startswith("#cloud-config\n")
+    assert yaml.safe_load(placed) == yaml.safe_load(rendered["first-boot/user-data"])
+    assert yaml.safe_load((tmp_path / "first-boot-meta-data").read_text())["instance-id"].startswith(
+        "standin-installed-")
     awk = resource("testbed", "standin-iso", "storage.awk")
     actions = subprocess.run([str(BUSYBOX), "awk", "-f", str(awk)], input=text, capture_output=True, text=True,
                              check=True).stdout.splitlines()
@@ -256,4 +272,13 @@ def test_unimplemented_layouts_fail_before_touching_a_disk(tmp_path: Path) -> No
     run = run_standin(tmp_path, BENCH, {"storage": storage})
     assert run.rc == 1
     assert run.lines[-1] == f"{INSTALL_FAILED}: fmt-root: fstype 'xfs' is not implemented by the stand-in"
+    assert not any("run: " in line for line in run.lines)
+
+
+def test_an_autoinstall_without_first_boot_config_fails_before_touching_a_disk(tmp_path: Path) -> None:
+    storage = storage_config(_model(*MATCHES[0]))
+    text = "#cloud-config\n" + to_yaml({"autoinstall": {"version": 1, "storage": storage}})
+    run = run_standin(tmp_path, BENCH, None, text)
+    assert run.rc == 1
+    assert run.lines[-1] == f"{INSTALL_FAILED}: the autoinstall has no user-data section (the first-boot config)"
     assert not any("run: " in line for line in run.lines)
