@@ -50,8 +50,10 @@ def _ata_string(text: str, length: int) -> bytes:
     return b"".join(raw[i + 1:i + 2] + raw[i:i + 1] for i in range(0, length, 2))  # ATA words: swapped
 
 
-def write_sysfs(root: Path, disks: list[FakeDisk]) -> Path:
-    """/sys/block as the kernel shows these disks."""
+def write_sysfs(root: Path, disks: list[FakeDisk], firmware: str = "uefi") -> Path:
+    """/sys/block as the kernel shows these disks; /sys/firmware/efi when booted by UEFI."""
+    if firmware == "uefi":
+        (root / "firmware" / "efi").mkdir(parents=True)
     for d in disks:
         blk = root / "block" / d.name
         dev = blk / "device"
@@ -105,8 +107,8 @@ class Run:
 
 
 def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, Any] | None,
-                text: str | None = None) -> Run:
-    sysfs = write_sysfs(tmp_path / "sys", disks)
+                text: str | None = None, firmware: str = "uefi") -> Run:
+    sysfs = write_sysfs(tmp_path / "sys", disks, firmware)
     here = tmp_path / "etc"
     here.mkdir()
     shutil.copyfile(resource("testbed", "standin-iso", "storage.awk"), here / "standin-storage.awk")
@@ -165,7 +167,7 @@ MATCHES = [
 def test_each_matcher_resolves_as_subiquity_does(tmp_path: Path, os_match: DiskMatch, scratch_match: DiskMatch,
                                                  firmware: str) -> None:
     storage = storage_config(_model(os_match, scratch_match, firmware))
-    run = run_standin(tmp_path, BENCH, {"version": 1, "storage": storage})
+    run = run_standin(tmp_path, BENCH, {"version": 1, "storage": storage}, firmware=firmware)
     facts = [d.facts() for d in BENCH]
     want = {a["id"]: [d.name for d in subiquity_matches(a, facts)] for a in storage["config"] if a["type"] == "disk"}
     assert all(len(v) == 1 for v in want.values()), want
@@ -244,7 +246,7 @@ def test_the_rendered_autoinstall_is_read(tmp_path: Path) -> None:
 def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, firmware: str) -> None:
     """Dry run (commands printed, not run): GPT per firmware, filesystems, mounts parents first, fstab by UUID."""
     storage = storage_config(_model(*MATCHES[0], firmware=firmware))
-    run = run_standin(tmp_path, BENCH, {"storage": storage})
+    run = run_standin(tmp_path, BENCH, {"storage": storage}, firmware=firmware)
     assert run.rc == 0 and run.lines[-1] == INSTALL_OK, run.lines
     text = "\n".join(run.lines)
     if firmware == "uefi":
@@ -262,6 +264,28 @@ def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, 
     assert "fstab: /dev/disk/by-uuid/UUID-of-/dev/sda2 / ext4 defaults 0 1" in text
     assert "fstab: /dev/disk/by-uuid/UUID-of-/dev/nvme0n1p1 /var/lib/docker ext4 defaults,noatime 0 2" in text
     assert not (tmp_path / "target").exists()  # a dry run writes nothing
+    root_uuid = "UUID-of-/dev/sda2"
+    grub_cfg = (tmp_path / "grub.cfg").read_text()
+    assert f"linux /boot/vmlinuz root=UUID={root_uuid} ro standin.installed\n" in grub_cfg
+    assert "console=" not in grub_cfg  # no installer console arguments on the installed system
+    if firmware == "uefi":
+        assert f"run: cp /cdrom/standin/bootx64.efi {tmp_path}/target/boot/efi/EFI/BOOT/BOOTX64.EFI" in text
+        assert f"search --no-floppy --fs-uuid --set=root {root_uuid}\n" in (tmp_path / "esp-grub.cfg").read_text()
+    else:
+        assert "STANDIN: bootloader: NOT WRITTEN" in text and "BOOTX64" not in text
+
+
+@pytest.mark.parametrize(("layout", "firmware", "why"), [
+    ("bios", "uefi", "UEFI: no ESP with grub_device mounted at /boot/efi"),
+    ("uefi", "bios", "BIOS: no disk with grub_device and a bios_grub partition"),
+])
+def test_a_layout_for_the_other_firmware_fails_like_subiquity(tmp_path: Path, layout: str, firmware: str,
+                                                             why: str) -> None:
+    storage = storage_config(_model(*MATCHES[0], firmware=layout))
+    run = run_standin(tmp_path, BENCH, {"storage": storage}, firmware=firmware)
+    assert run.rc == 1
+    assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall config did not create needed bootloader partition ({why})"
+    assert not any("run: " in line for line in run.lines)  # checked before any disk is touched
 
 
 def test_unimplemented_layouts_fail_before_touching_a_disk(tmp_path: Path) -> None:

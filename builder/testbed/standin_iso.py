@@ -46,13 +46,18 @@ WANTED_MODULES = (
 # Tools the stand-in installer partitions and formats with, copied from the build host (Debian) with
 # the shared libraries `ldd` names: (tool, Debian package).
 INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"))
-STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg")
+STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg",
+                      "installed-efi.cfg")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
     "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
 )
 GRUB_BIOS_MODULES = ("biosdisk",)
 GRUB_EFI_MODULES = ("efi_gop", "efi_uga")
+# The installed stand-in system's UEFI bootloader: its embedded config (data/standin-iso/installed-efi.cfg)
+# reads the grub.cfg the installer writes beside it on the ESP, which finds the root by UUID on ext4/GPT.
+GRUB_INSTALLED_EFI_MODULES = GRUB_COMMON_MODULES + GRUB_EFI_MODULES + ("ext2",)
+INSTALLED_EFI = "standin/bootx64.efi"  # on the ISO; the installer copies it to ESP:/EFI/BOOT/BOOTX64.EFI
 
 
 @dataclass(frozen=True)
@@ -215,10 +220,12 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
     log.info("initrd: %d modules, %d bytes", len(order), out.stat().st_size)
 
 
-def _grub_image(fmt: str, modules: tuple[str, ...], out: Path, workdir: Path) -> None:
-    cfg = workdir / "embedded.cfg"
-    cfg.write_bytes(data_file("embedded.cfg"))
-    run(["grub-mkimage", "-O", fmt, "-p", "/boot/grub", "-c", cfg, "-o", out, *modules])
+def _grub_image(fmt: str, modules: tuple[str, ...], out: Path, workdir: Path, *, config: str = "embedded.cfg",
+                prefix: str = "/boot/grub") -> None:
+    cfg = workdir / config
+    cfg.write_bytes(data_file(config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(["grub-mkimage", "-O", fmt, "-p", prefix, "-c", cfg, "-o", out, *modules])
 
 
 def build_esp(bootx64: Path, out: Path, epoch: int) -> None:
@@ -267,6 +274,8 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         _grub_image("i386-pc-eltorito", GRUB_COMMON_MODULES + GRUB_BIOS_MODULES,
                     tree / "boot" / "grub" / "i386-pc" / "eltorito.img", work)
         _grub_image("x86_64-efi", GRUB_COMMON_MODULES + GRUB_EFI_MODULES, tree / "EFI" / "boot" / "bootx64.efi", work)
+        _grub_image("x86_64-efi", GRUB_INSTALLED_EFI_MODULES, tree / INSTALLED_EFI, work, config="installed-efi.cfg",
+                    prefix="/EFI/BOOT")
         if pad_mib:
             (tree / "pad").mkdir()
             with open(tree / "pad" / "filler.bin", "wb") as f:
