@@ -79,6 +79,24 @@ def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
     return out
 
 
+def _boot_installed(images: Path, log: Path) -> str:
+    """Boot the installed disks (no CD) with the model's firmware and disks as the Packer VM had them."""
+    from builder.model import load_model
+    from builder.packer import qemu_disk_device
+
+    model = load_model()
+    assert model.host.firmware == "uefi"
+    cmd = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-m", "1024",
+           "-bios", "/usr/share/ovmf/OVMF.fd", "-display", "none", "-monitor", "none", "-no-reboot",
+           "-serial", f"file:{log}", "-net", "none", "-device", "ahci,id=ahci0",
+           "-drive", f"file={images / 'prometheus'},if=none,id=osdisk,format=qcow2,snapshot=on",
+           "-device", f"{qemu_disk_device(model.storage.os_disk, 'os_disk')},drive=osdisk,bootindex=1",
+           "-drive", f"file={images / 'prometheus-1'},if=none,id=scratch,format=qcow2,snapshot=on",
+           "-device", f"{qemu_disk_device(model.storage.scratch, 'scratch')},drive=scratch"]
+    subprocess.run(cmd, check=True, timeout=150, stdin=subprocess.DEVNULL, capture_output=True)
+    return log.read_text(errors="replace").replace("\r", "")
+
+
 @pytest.fixture(scope="module")
 def standin() -> Path:
     return cached_standin_iso(cache_dir())
@@ -115,6 +133,15 @@ def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Pat
     first_boot = (out / "prometheus" / "first-boot" / "user-data").read_text()
     assert yaml.safe_load(root["/var/lib/cloud/seed/nocloud/user-data"]) == yaml.safe_load(first_boot)
     assert "NoCloud" in root["/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"]
+    # and it boots by itself under the modelled firmware: OVMF -> ESP GRUB -> root by UUID -> fstab
+    started = time.monotonic()
+    booted = _boot_installed(build / "images", tmp_path / "installed.log")
+    print(f"installed system boot (uefi): {time.monotonic() - started:.0f}s")
+    assert f"STANDIN: installed system booted (uefi firmware) root=UUID={root['uuid']}" in booted
+    assert "console=" not in booted.split("STANDIN: installed cmdline:")[1].splitlines()[0]
+    assert f"STANDIN: fstab: /dev/disk/by-uuid/{esp['uuid']} mounted at /boot/efi" in booted
+    assert f"STANDIN: fstab: /dev/disk/by-uuid/{scratch['uuid']} mounted at /var/lib/docker" in booted
+    assert "\nSTANDIN-INSTALLED-OK\n" in booted
 
 
 def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(standin: Path, tmp_path: Path) -> None:
