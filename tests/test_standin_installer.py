@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,11 +117,15 @@ def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, An
     if text is None:
         text = "#cloud-config\n" + to_yaml({"autoinstall": {"user-data": {"hostname": "standin-test"}, **autoinstall}})
     user_data.write_text(text)
+    medium = tmp_path / "cdrom" / "standin"  # GRUB's images for BIOS, as the stand-in ISO carries them
+    medium.mkdir(parents=True)
+    (medium / "core.img").write_bytes(bytes(510) + b"\x20\x08" + bytes(3 * 512 + 100))  # 4.2 sectors
+    (medium / "boot.img").write_bytes(bytes(0x66) + b"\xeb\x05" + bytes(512 - 0x68))
     script = resource("testbed", "standin-iso", "install")
     proc = subprocess.run([str(BUSYBOX), "sh", str(script), str(user_data)], capture_output=True, text=True,
                           env={"STANDIN_SYS": str(sysfs), "STANDIN_HERE": str(here), "PATH": "/usr/bin:/bin",
                                "STANDIN_DRYRUN": "1", "STANDIN_TARGET": str(tmp_path / "target"),
-                               "STANDIN_TMP": str(tmp_path)},
+                               "STANDIN_TMP": str(tmp_path), "STANDIN_MEDIUM": str(tmp_path / "cdrom")},
                           timeout=60)
     assert proc.stderr == "", proc.stderr
     lines = proc.stdout.splitlines()
@@ -269,10 +274,15 @@ def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, 
     assert f"linux /boot/vmlinuz root=UUID={root_uuid} ro standin.installed\n" in grub_cfg
     assert "console=" not in grub_cfg  # no installer console arguments on the installed system
     if firmware == "uefi":
-        assert f"run: cp /cdrom/standin/bootx64.efi {tmp_path}/target/boot/efi/EFI/BOOT/BOOTX64.EFI" in text
+        assert f"run: cp {tmp_path}/cdrom/standin/bootx64.efi {tmp_path}/target/boot/efi/EFI/BOOT/BOOTX64.EFI" in text
         assert f"search --no-floppy --fs-uuid --set=root {root_uuid}\n" in (tmp_path / "esp-grub.cfg").read_text()
-    else:
-        assert "STANDIN: bootloader: NOT WRITTEN" in text and "BOOTX64" not in text
+    else:  # what grub-bios-setup writes: core.img into bios_grub (sector 2048 in the dry run), boot.img into the MBR
+        assert "BOOTX64" not in text
+        assert f"run: dd if={tmp_path}/core.img of=/dev/sda bs=512 seek=2048 conv=notrunc,fsync" in text
+        assert f"run: dd if={tmp_path}/boot.img of=/dev/sda bs=440 count=1 conv=notrunc,fsync" in text
+        core, boot = (tmp_path / "core.img").read_bytes(), (tmp_path / "boot.img").read_bytes()
+        assert struct.unpack("<QHH", core[500:512]) == (2049, 4, 0x820)  # the rest of core: 4 sectors from 2049
+        assert struct.unpack("<Q", boot[92:100]) == (2048,) and boot[102:104] == b"\x90\x90"
 
 
 @pytest.mark.parametrize(("layout", "firmware", "why"), [

@@ -47,7 +47,7 @@ WANTED_MODULES = (
 # the shared libraries `ldd` names: (tool, Debian package).
 INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"))
 STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg",
-                      "installed-efi.cfg")
+                      "installed-efi.cfg", "installed-bios.cfg")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
     "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
@@ -58,6 +58,12 @@ GRUB_EFI_MODULES = ("efi_gop", "efi_uga")
 # reads the grub.cfg the installer writes beside it on the ESP, which finds the root by UUID on ext4/GPT.
 GRUB_INSTALLED_EFI_MODULES = GRUB_COMMON_MODULES + GRUB_EFI_MODULES + ("ext2",)
 INSTALLED_EFI = "standin/bootx64.efi"  # on the ISO; the installer copies it to ESP:/EFI/BOOT/BOOTX64.EFI
+# BIOS: GRUB's boot.img (MBR code) and a core.img for the bios_grub partition, which the installer patches
+# with the partition's sector as grub-bios-setup would (the stand-in cannot run grub-install). The core
+# finds the root filesystem by the marker file the installer writes, then reads its grub.cfg (root by UUID).
+GRUB_INSTALLED_BIOS_MODULES = GRUB_COMMON_MODULES + GRUB_BIOS_MODULES + ("ext2", "search_fs_uuid")
+INSTALLED_BIOS_CORE = "standin/core.img"
+INSTALLED_BIOS_BOOT = "standin/boot.img"
 
 
 @dataclass(frozen=True)
@@ -276,6 +282,9 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         _grub_image("x86_64-efi", GRUB_COMMON_MODULES + GRUB_EFI_MODULES, tree / "EFI" / "boot" / "bootx64.efi", work)
         _grub_image("x86_64-efi", GRUB_INSTALLED_EFI_MODULES, tree / INSTALLED_EFI, work, config="installed-efi.cfg",
                     prefix="/EFI/BOOT")
+        _grub_image("i386-pc", GRUB_INSTALLED_BIOS_MODULES, tree / INSTALLED_BIOS_CORE, work,
+                    config="installed-bios.cfg")
+        shutil.copyfile("/usr/lib/grub/i386-pc/boot.img", tree / INSTALLED_BIOS_BOOT)
         if pad_mib:
             (tree / "pad").mkdir()
             with open(tree / "pad" / "filler.bin", "wb") as f:
