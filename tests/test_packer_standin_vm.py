@@ -29,6 +29,7 @@ from builder.testbed.standin_iso import cached_standin_iso
 TOOLS = ("packer", "qemu-system-x86_64", "qemu-img", "xorriso", "sfdisk", "blkid", "debugfs")
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(any(shutil.which(t) is None for t in TOOLS),
@@ -46,13 +47,17 @@ def _cli(argv: list[str]) -> tuple[int, str, str, float]:
     return rc, out.getvalue(), err.getvalue(), time.monotonic() - started
 
 
-def _host_with_os_serial(tmp: Path, serial: str) -> Path:
+def _host_variant(tmp: Path, *, serial: str = OS_SERIAL, firmware: str = "uefi") -> Path:
+    """hosts/prometheus.yaml with another OS disk serial or firmware (keys copied beside it)."""
     src = resource_path("hosts", "prometheus.yaml")
     text = src.read_text()
-    assert f"serial: {OS_SERIAL}, bus: sata" in text
+    for old, new in ((f"serial: {OS_SERIAL}, bus: sata", f"serial: {serial}, bus: sata"),
+                     ("firmware: uefi ", f"firmware: {firmware} ")):
+        assert old in text
+        text = text.replace(old, new)
     tmp.mkdir(parents=True)
     host = tmp / "prometheus.yaml"
-    host.write_text(text.replace(f"serial: {OS_SERIAL}, bus: sata", f"serial: {serial}, bus: sata"))
+    host.write_text(text)
     shutil.copytree(src.parent / "keys", tmp / "keys")
     return host
 
@@ -79,15 +84,15 @@ def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
     return out
 
 
-def _boot_installed(images: Path, log: Path) -> str:
+def _boot_installed(images: Path, log: Path, firmware: str) -> str:
     """Boot the installed disks (no CD) with the model's firmware and disks as the Packer VM had them."""
     from builder.model import load_model
     from builder.packer import qemu_disk_device
 
     model = load_model()
-    assert model.host.firmware == "uefi"
-    cmd = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-m", "1024",
-           "-bios", "/usr/share/ovmf/OVMF.fd", "-display", "none", "-monitor", "none", "-no-reboot",
+    bios = ["-bios", "/usr/share/ovmf/OVMF.fd"] if firmware == "uefi" else []
+    cmd = ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-cpu", "max", "-m", "1024", *bios,
+           "-display", "none", "-monitor", "none", "-no-reboot",
            "-serial", f"file:{log}", "-net", "none", "-device", "ahci,id=ahci0",
            "-drive", f"file={images / 'prometheus'},if=none,id=osdisk,format=qcow2,snapshot=on",
            "-device", f"{qemu_disk_device(model.storage.os_disk, 'os_disk')},drive=osdisk,bootindex=1",
@@ -102,12 +107,15 @@ def standin() -> Path:
     return cached_standin_iso(cache_dir())
 
 
-def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+def test_packer_installs_the_rendered_layout_on_the_modelled_disks_and_it_boots(standin: Path, tmp_path: Path,
+                                                                                firmware: str) -> None:
     out = tmp_path / "out"
-    rc, text, err, _ = _cli(["iso", "--base", str(standin), "--allow-standin", "--out", str(out)])
+    host = [] if firmware == "uefi" else ["--host", str(_host_variant(tmp_path / "bios", firmware="bios"))]
+    rc, text, err, _ = _cli(["iso", *host, "--base", str(standin), "--allow-standin", "--out", str(out)])
     assert rc == 0, err
-    rc, text, err, seconds = _cli(["packer", "--out", str(out), "--accel", "tcg", "--packer-timeout", "600"])
-    print(f"\nbuilder packer (stand-in, default model): exit {rc} after {seconds:.0f}s")
+    rc, text, err, seconds = _cli(["packer", *host, "--out", str(out), "--accel", "tcg", "--packer-timeout", "600"])
+    print(f"\nbuilder packer (stand-in, {firmware}): exit {rc} after {seconds:.0f}s")
     assert rc == 0, text[-4000:] + err
     build = out / "prometheus" / "packer" / "build"
     serial = (build / "serial.log").read_text(errors="replace")
@@ -115,37 +123,41 @@ def test_packer_vm_disks_are_matched_by_the_rendered_storage_config(standin: Pat
             f"(match: serial '*_{OS_SERIAL}')") in serial
     assert (f"STANDIN: disk-scratch matched /dev/nvme0n1 ID_SERIAL=QEMU_NVMe_Ctrl_{SCRATCH_SERIAL}_1 "
             f"(match: serial '*_{SCRATCH_SERIAL}_1')") in serial
+    assert f"STANDIN: firmware: {firmware};" in serial  # Packer booted the modelled firmware
     assert f"\n{INSTALL_OK}" in serial.replace("\r", "")
-    assert "-bios" in (build / "packer.log").read_text()  # the model's firmware: uefi (OVMF)
+    assert ("-bios" in (build / "packer.log").read_text()) == (firmware == "uefi")  # OVMF, else SeaBIOS
     assert sorted(p.name for p in (build / "images").iterdir()) == ["prometheus", "prometheus-1"]
     assert "serial| STANDIN: disk-os matched /dev/sda" in text  # shown while Packer runs
-    # the OS disk holds the rendered UEFI layout, the scratch disk its filesystem, fstab by UUID
-    esp, root = _partitions(build / "images" / "prometheus", tmp_path)
+    # the OS disk holds the rendered layout, the scratch disk its filesystem, fstab by UUID
+    boot, root = _partitions(build / "images" / "prometheus", tmp_path)
     (scratch,) = _partitions(build / "images" / "prometheus-1", tmp_path)
-    assert (esp["type"], esp["fs"], root["type"], root["fs"]) == (ESP, "vfat", LINUX, "ext4")
-    assert (scratch["type"], scratch["fs"]) == (LINUX, "ext4")
-    assert root["/etc/fstab"].splitlines() == [
-        f"/dev/disk/by-uuid/{root['uuid']} / ext4 defaults 0 1",
-        f"/dev/disk/by-uuid/{esp['uuid']} /boot/efi vfat defaults 0 2",
-        f"/dev/disk/by-uuid/{scratch['uuid']} /var/lib/docker ext4 defaults,noatime 0 2",
-    ]
+    assert (root["type"], root["fs"], scratch["type"], scratch["fs"]) == (LINUX, "ext4", LINUX, "ext4")
+    fstab = [f"/dev/disk/by-uuid/{root['uuid']} / ext4 defaults 0 1",
+             f"/dev/disk/by-uuid/{scratch['uuid']} /var/lib/docker ext4 defaults,noatime 0 2"]
+    if firmware == "uefi":
+        assert (boot["type"], boot["fs"]) == (ESP, "vfat")
+        fstab.insert(1, f"/dev/disk/by-uuid/{boot['uuid']} /boot/efi vfat defaults 0 2")
+    else:
+        assert (boot["type"], boot["fs"]) == (BIOS_BOOT, "")
+    assert root["/etc/fstab"].splitlines() == fstab
     # the embedded first-boot config, where the installed system's cloud-init reads it
     first_boot = (out / "prometheus" / "first-boot" / "user-data").read_text()
     assert yaml.safe_load(root["/var/lib/cloud/seed/nocloud/user-data"]) == yaml.safe_load(first_boot)
     assert "NoCloud" in root["/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"]
-    # and it boots by itself under the modelled firmware: OVMF -> ESP GRUB -> root by UUID -> fstab
+    # and it boots by itself under the modelled firmware: GRUB (ESP or MBR+bios_grub) -> root by UUID -> fstab
     started = time.monotonic()
-    booted = _boot_installed(build / "images", tmp_path / "installed.log")
-    print(f"installed system boot (uefi): {time.monotonic() - started:.0f}s")
-    assert f"STANDIN: installed system booted (uefi firmware) root=UUID={root['uuid']}" in booted
+    booted = _boot_installed(build / "images", tmp_path / "installed.log", firmware)
+    print(f"installed system boot ({firmware}): {time.monotonic() - started:.0f}s")
+    assert f"STANDIN: installed system booted ({firmware} firmware) root=UUID={root['uuid']}" in booted
     assert "console=" not in booted.split("STANDIN: installed cmdline:")[1].splitlines()[0]
-    assert f"STANDIN: fstab: /dev/disk/by-uuid/{esp['uuid']} mounted at /boot/efi" in booted
+    if firmware == "uefi":
+        assert f"STANDIN: fstab: /dev/disk/by-uuid/{boot['uuid']} mounted at /boot/efi" in booted
     assert f"STANDIN: fstab: /dev/disk/by-uuid/{scratch['uuid']} mounted at /var/lib/docker" in booted
     assert "\nSTANDIN-INSTALLED-OK\n" in booted
 
 
 def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(standin: Path, tmp_path: Path) -> None:
-    wrong = _host_with_os_serial(tmp_path / "wrong", "NOTTHISDISK01")
+    wrong = _host_variant(tmp_path / "wrong", serial="NOTTHISDISK01")
     out = tmp_path / "out"
     rc, _, err, _ = _cli(["iso", "--host", str(wrong), "--base", str(standin), "--allow-standin", "--out",
                           str(tmp_path / "wrong-out")])
