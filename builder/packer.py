@@ -7,6 +7,12 @@ CHECKPOINT_DISABLE=1, streams Packer's output, keeps Packer's log and the guest'
 builds into a staged folder that replaces `<out>/<host>/packer/build/` only when Packer succeeded.
 Machine-specific choices (accelerator, CPU model, staged paths) are passed as `-var` on the command
 line, so they never change the generated file.
+
+The VM plays the host: the model's firmware, NIC MACs, and each disk on its modelled bus with its
+serial (`qemu_disk_device`), so the installer's udev computes the ID_SERIAL the rendered matchers
+expect. Success is the installer's word, not Packer's: `SerialWatch` follows the serial log while
+Packer runs and stops it at a line starting with INSTALL_FAILED; a build whose log has no INSTALL_OK
+line fails too (`install_verdict`), and then no disk image is kept.
 """
 
 from __future__ import annotations
