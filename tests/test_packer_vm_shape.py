@@ -145,3 +145,59 @@ def test_run_streaming_stops_the_command_when_asked() -> None:
     rc = run_streaming(["sh", "-c", "echo started; sleep 60"], on_line=lambda _line: None,
                        stop_when=lambda: time.monotonic() - started > 1)
     assert rc != 0 and time.monotonic() - started < 10
+
+
+FAKE_PACKER = """#!/bin/sh
+# stands in for `packer build`: the "installer" writes its lines to the serial log, then hangs the way
+# subiquity waits after an error (it never powers off)
+for a in "$@"; do
+  case $a in serial_log=*) log=${a#serial_log=} ;; output_directory=*) out=${a#output_directory=} ;; esac
+done
+mkdir -p "$out"; echo disk > "$out/prometheus"
+echo "==> qemu.autoinstall: Waiting for shutdown..."
+printf '%s\\n' "$@" > "$(dirname "$log")/args"
+printf 'boot noise\\nSTANDIN: disk-os matched no disk\\n' > "$log"
+sleep 1
+printf '%s\\n' "$LINE" >> "$log"
+exec sleep 300
+"""
+
+
+@pytest.mark.parametrize(("line", "fails_fast"), [
+    (f"{INSTALL_FAILED}: curtin command block-meta: disk-os matched no disk", True),
+    (f"{INSTALL_OK}", False),
+])
+def test_packer_is_stopped_at_the_failure_marker_and_nothing_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, fails_fast: bool
+) -> None:
+    import time
+
+    import builder.packer as packer_mod
+    from builder.errors import BuilderError
+
+    fake = tmp_path / "packer"
+    fake.write_text(FAKE_PACKER)
+    fake.chmod(0o755)
+    monkeypatch.setattr(packer_mod, "require_tool", lambda *a, **k: str(fake))
+    monkeypatch.setattr(packer_mod, "packer_validate", lambda *a, **k: None)
+    monkeypatch.setenv("LINE", line)
+    model = load_model()
+    out = tmp_path / "out"
+    varfile = tmp_path / "x.pkrvars.hcl"
+    varfile.write_text("")
+    lines: list[str] = []
+    started = time.monotonic()
+    if fails_fast:
+        with pytest.raises(BuilderError) as err:
+            packer_mod.packer_build(model, varfile, template=tmp_path / "t.pkr.hcl", out_root=out, accel="tcg",
+                                    on_line=lines.append, timeout=60)
+        assert time.monotonic() - started < 20  # not the timeout: stopped at the marker line
+        assert err.value.message.startswith(f"the installer failed: {line}")
+        assert "STANDIN: disk-os matched no disk" in err.value.message  # the error lines before it
+        paths = PackerPaths.for_host(model, out)
+        assert not paths.build.exists() and (paths.failed / "serial.log").is_file()
+        assert f"  serial| {line}" in lines
+    else:  # the success marker does not stop Packer: it must finish (here: its timeout)
+        with pytest.raises(BuilderError, match="timed out"):
+            packer_mod.packer_build(model, varfile, template=tmp_path / "t.pkr.hcl", out_root=out, accel="tcg",
+                                    on_line=lines.append, timeout=4)
