@@ -7,6 +7,12 @@ CHECKPOINT_DISABLE=1, streams Packer's output, keeps Packer's log and the guest'
 builds into a staged folder that replaces `<out>/<host>/packer/build/` only when Packer succeeded.
 Machine-specific choices (accelerator, CPU model, staged paths) are passed as `-var` on the command
 line, so they never change the generated file.
+
+The VM plays the host: the model's firmware, NIC MACs, and each disk on its modelled bus with its
+serial (`qemu_disk_device`), so the installer's udev computes the ID_SERIAL the rendered matchers
+expect. Success is the installer's word, not Packer's: `SerialWatch` follows the serial log while
+Packer runs and stops it at a line starting with INSTALL_FAILED; a build whose log has no INSTALL_OK
+line fails too (`install_verdict`), and then no disk image is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +32,7 @@ from builder.errors import BuilderError
 from builder.media.digest import cached_sha256
 from builder.media.fetch import cache_dir
 from builder.model import Disk, HostModel, Interface
+from builder.model.disks import HW_SERIAL_MAX, udev_properties
 from builder.qemu import detect_accel
 from builder.resources import resource_path
 from builder.run import require_tool, run, run_streaming
@@ -36,8 +44,17 @@ log = logging.getLogger("builder.packer")
 TEMPLATE = resource_path("packer", "prometheus.pkr.hcl")
 PLUGINS_FILE = "plugins.pkr.hcl"  # current Packer only; see packer/plugins.pkr.hcl.example
 PACKER_ENV = {"CHECKPOINT_DISABLE": "1", "PACKER_NO_COLOR": "1"}
-SCSI_SERIAL_MAX = 36  # QEMU scsi-hd limit; the template attaches both disks as SCSI disks
 DEFAULT_TIMEOUT_S = 2 * 3600.0
+# The installer's verdict on the serial console. The autoinstall's late-commands / error-commands
+# (and the stand-in installer) print a line that STARTS with one of these; anything after it is the
+# reason. A build is good only with INSTALL_OK in the serial log, whatever Packer's exit code.
+INSTALL_OK = "PROMETHEUS-INSTALL-OK"
+INSTALL_FAILED = "PROMETHEUS-INSTALL-FAILED"
+# Lines worth quoting when the installer failed: the stand-in's errors and unresolved matchers,
+# subiquity's/curtin's own error lines.
+ERROR_LINE_RE = re.compile(r"STANDIN: (ERROR\b|.* matched (no disk|\d+ disks))|Traceback|\b(Error|ERROR|FAILED)\b|"
+                           r"matched no disk|did not create needed")
+_CONTROL_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f]")
 
 
 @dataclass(frozen=True)
@@ -77,19 +94,51 @@ class PackerResult:
 
 
 def disk_serial(disk: Disk, what: str) -> str:
-    """The serial the autoinstall matches this disk by; the Packer VM gives its disk that serial."""
+    """The short serial the Packer VM's disk carries; udev then builds the ID_SERIAL the autoinstall matches."""
     serial = disk.match.serial
     if not serial:
         raise BuilderError(
             f"storage.{what} is matched by id_serial or wwn, which the Packer VM's disk cannot reproduce",
-            hint=f"give storage.{what}.match.serial so the Packer VM's disk can carry the same serial",
+            hint=f"give storage.{what}.match.serial (with bus) so the Packer VM's disk can carry the same serial",
         )
-    if len(serial) > SCSI_SERIAL_MAX or not re.fullmatch(r"[A-Za-z0-9._:-]+", serial):
+    if len(serial) > HW_SERIAL_MAX or not re.fullmatch(r"[A-Za-z0-9._:@#+=-]+", serial):
         raise BuilderError(
-            f"storage.{what}.match.serial {serial!r} cannot be given to a QEMU SCSI disk "
-            f"(at most {SCSI_SERIAL_MAX} characters of A-Z a-z 0-9 . _ : -)",
+            f"storage.{what}.match.serial {serial!r} cannot be given to a QEMU disk "
+            f"(at most {HW_SERIAL_MAX} characters, like a real disk's serial field; no spaces or commas)",
         )
     return serial
+
+
+# What QEMU presents for each modelled bus, so that udev in the installer computes the ID_SERIAL a
+# real disk of that bus gets (see builder.model.disks.udev_properties):
+#   sata   -> ide-hd on an AHCI port: ATA IDENTIFY model "QEMU HARDDISK", ID_SERIAL QEMU_HARDDISK_<serial>
+#   nvme   -> its own nvme controller: model "QEMU NVMe Ctrl", ID_SERIAL QEMU_NVMe_Ctrl_<serial>_1
+#   virtio -> virtio-blk-pci: ID_SERIAL is the bare serial
+#   scsi   -> scsi-hd with device_id: ID_SERIAL 0QEMU_QEMU_HARDDISK_<device_id>
+QEMU_DISK_MODEL = {"sata": "QEMU HARDDISK", "nvme": "QEMU NVMe Ctrl", "virtio": "", "scsi": "QEMU HARDDISK"}
+UDEV_KIND = {"sata": "sata", "nvme": "nvme", "virtio": "virtio", "scsi": "scsi-hd"}
+DISK_PORT = {"os_disk": 0, "scratch": 1}  # AHCI port of each disk when it is on SATA
+
+
+def qemu_disk_device(disk: Disk, what: str) -> str:
+    """The QEMU `-device` value (without drive=) that presents the modelled disk on its modelled bus."""
+    serial = disk_serial(disk, what)
+    bus = disk.match.bus
+    if bus == "sata":
+        return f"ide-hd,bus=ahci0.{DISK_PORT[what]},serial={serial}"
+    if bus == "nvme":
+        return f"nvme,serial={serial}"
+    if bus == "virtio":
+        return f"virtio-blk-pci,serial={serial}"
+    if bus == "scsi":
+        return f"scsi-hd,bus=scsi0.0,serial={serial},device_id={serial}"
+    raise BuilderError(f"storage.{what}.match.bus is {bus!r}; the Packer VM needs sata, nvme, virtio or scsi")
+
+
+def vm_udev_properties(disk: Disk, what: str) -> dict[str, str]:
+    """The udev properties the installer sees on the Packer VM's disk for this modelled disk."""
+    bus = disk.match.bus or ""
+    return udev_properties(UDEV_KIND.get(bus, bus), QEMU_DISK_MODEL.get(bus, ""), disk_serial(disk, what))
 
 
 def netdev_options(nic: Interface) -> str:
@@ -113,8 +162,9 @@ def packer_vars(model: HostModel, iso: Path, iso_sha256: str, paths: PackerPaths
         "iso_sha256": iso_sha256,
         "output_directory": str(paths.build / "images"),
         "serial_log": str(paths.build / "serial.log"),
-        "os_disk_serial": disk_serial(model.storage.os_disk, "os_disk"),
-        "scratch_disk_serial": disk_serial(model.storage.scratch, "scratch"),
+        "firmware": model.host.firmware,
+        "os_disk_device": qemu_disk_device(model.storage.os_disk, "os_disk"),
+        "scratch_disk_device": qemu_disk_device(model.storage.scratch, "scratch"),
         "servers_mac": model.servers.mac.lower(),
         "servers_netdev": netdev_options(model.servers),
         "mgmt_mac": model.mgmt.mac.lower(),
@@ -235,8 +285,21 @@ def _build_staged(model: HostModel, varfile: Path, template: Path, paths: Packer
         env = {**PACKER_ENV, "PACKER_LOG": "1", "PACKER_LOG_PATH": str(packer_log)}
         args: list[str | Path] = [require_tool("packer", "packer"), "build", "-color=false", f"-var-file={varfile}",
                 *_var_args(overrides), template_target(template)]
-        on_line(f"packer: building {model.host.hostname} from {varfile.name} ({overrides['accelerator']})")
-        rc = run_streaming(args, on_line=lambda line: on_line(f"  | {line}"), env=env, timeout=timeout)
+        on_line(f"packer: building {model.host.hostname} from {varfile.name} ({overrides['accelerator']}, "
+                f"{model.host.firmware})")
+        serial_log = Path(overrides["serial_log"])
+        with SerialWatch(serial_log, on_line) as watch:
+            rc = run_streaming(args, on_line=lambda line: on_line(f"  | {line}"), env=env, timeout=timeout,
+                               stop_when=watch.failed)
+        verdict = install_verdict(serial_log.read_text(errors="replace") if serial_log.is_file() else "")
+        if verdict.status == "failed" or (rc == 0 and verdict.status != "ok"):
+            kept = _keep_failure(stage, paths.failed)
+            context = "".join(f"\n  {line}" for line in verdict.context)
+            raise BuilderError(
+                verdict.message() + (f"\nearlier installer errors:{context}" if context else ""),
+                hint=f"the installer's console: {kept.get('serial.log', serial_log)} "
+                     f"(packer {'stopped' if verdict.status == 'failed' else f'exit code {rc}'}; no disk kept)",
+            )
         if rc != 0:
             raise _PackerFailed(rc, _keep_failure(stage, paths.failed))
         images = stage / "images"
@@ -256,3 +319,96 @@ def _keep_failure(stage: Path, dest: Path) -> dict[str, Path]:
             kept[name] = dest / name
     os.utime(dest)
     return kept
+
+
+# --- the installer's verdict from the serial log ------------------------------------------------
+
+def marker_of(line: str) -> str | None:
+    """INSTALL_OK / INSTALL_FAILED when `line` is a marker line (the marker starts the line).
+
+    Only a line that starts with the marker counts: a log line that shows the command printing it
+    (`Running command ['sh', '-c', 'echo PROMETHEUS-INSTALL-FAILED']`) is not the verdict.
+    """
+    text = _CONTROL_RE.sub("", line).strip()
+    for marker in (INSTALL_FAILED, INSTALL_OK):
+        if text.startswith(marker):
+            return marker
+    return None
+
+
+@dataclass(frozen=True)
+class InstallVerdict:
+    status: str  # ok | failed | unknown (no marker: the install did not finish)
+    line: str  # the marker line, or the last error-like line for unknown ("" when none)
+    context: tuple[str, ...] = ()  # error-like lines just before it
+
+    def message(self) -> str:
+        if self.status == "failed":
+            return f"the installer failed: {self.line}"
+        what = f"; last error line: {self.line}" if self.line else ""
+        return f"the installer never reported success (no {INSTALL_OK} line in the serial log){what}"
+
+
+def install_verdict(serial_text: str) -> InstallVerdict:
+    """The installer's verdict from its serial console output; the first marker line decides."""
+    errors: list[str] = []
+    for raw in serial_text.splitlines():
+        line = _CONTROL_RE.sub("", raw).strip()
+        marker = marker_of(line)
+        if marker == INSTALL_FAILED:
+            return InstallVerdict("failed", line, tuple(errors[-5:]))
+        if marker == INSTALL_OK:
+            return InstallVerdict("ok", line)
+        if line and ERROR_LINE_RE.search(line):
+            errors.append(line)
+    return InstallVerdict("unknown", errors[-1] if errors else "", tuple(errors[-6:-1]))
+
+
+class SerialWatch:
+    """Follow the serial log QEMU writes while Packer runs; remember the first failure marker line.
+
+    Lines from the installer that say what it did (the stand-in's `STANDIN:` lines and the markers)
+    are passed to `on_line` as they appear.
+    """
+
+    def __init__(self, path: Path, on_line: Callable[[str], None]) -> None:
+        self.path = path
+        self.on_line = on_line
+        self.failure: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._pos = 0
+        self._partial = b""
+
+    def __enter__(self) -> SerialWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        self._read()  # what QEMU wrote last
+
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def _follow(self) -> None:
+        while not self._done.wait(0.5):
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+        except OSError:
+            return
+        self._pos += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for raw in lines:
+            line = _CONTROL_RE.sub("", raw.decode(errors="replace")).strip()
+            marker = marker_of(line)
+            if marker or line.startswith("STANDIN: "):
+                self.on_line(f"  serial| {line}")
+            if marker == INSTALL_FAILED and self.failure is None:
+                self.failure = line

@@ -85,11 +85,13 @@ def run_streaming(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> int:
     """Run a long command, handing each output line (stdout+stderr) to `on_line`; return its exit code.
 
     Same environment rules as `run()`. On timeout or Ctrl-C the command's process group gets SIGINT
-    (so tools like packer clean up), then SIGKILL after 30 s.
+    (so tools like packer clean up), then SIGKILL after 30 s. `stop_when` is polled twice a second
+    (from another thread); once it returns True the process group is stopped the same way.
     """
     argv = [os.fspath(c) for c in cmd]
     log.debug("+ %s", shlex.join(argv))
@@ -107,6 +109,8 @@ def run_streaming(
         timer = threading.Timer(timeout, stop_process_group, args=(proc, signal.SIGINT, 30))
         timer.daemon = True
         timer.start()
+    if stop_when is not None:
+        threading.Thread(target=_stop_when, args=(proc, stop_when), daemon=True).start()
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -224,6 +228,14 @@ def run_piped(
             f"command failed with exit code {rc}: {shlex.join(argv)}" + (f"\n{detail[-4000:]}" if detail else "")
         )
     return subprocess.CompletedProcess(argv, rc, b"", messages)
+
+
+def _stop_when(proc: subprocess.Popen[bytes], stop_when: Callable[[], bool]) -> None:
+    while proc.poll() is None:
+        if stop_when():
+            stop_process_group(proc, signal.SIGINT, grace=30)
+            return
+        time.sleep(0.5)
 
 
 def stop_process_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10) -> None:

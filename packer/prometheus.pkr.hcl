@@ -2,8 +2,10 @@
 #
 # No boot_command: the remastered ISO's own grub.cfg starts the unattended install
 # (`autoinstall 'ds=nocloud;s=/cdrom/nocloud/'`), so nothing is typed into the guest.
-# No communicator: the build waits until the guest powers off by itself. The installer ends with a
-# reboot; `-no-reboot` turns that reboot into QEMU exiting, which ends the build.
+# No communicator: the build waits until the guest powers off by itself (`shutdown: poweroff`; a
+# reboot also ends QEMU because of `-no-reboot`). Packer counts any QEMU exit as success, so
+# `builder packer` decides from the installer's markers in the serial log (PROMETHEUS-INSTALL-OK /
+# PROMETHEUS-INSTALL-FAILED) and stops Packer as soon as the failure marker appears.
 #
 # Every host-specific value is a variable. `builder packer` writes them from the host model to
 # artifacts/<host>/packer/<host>.pkrvars.hcl and runs:
@@ -52,8 +54,8 @@ variable "cpu_model" {
 
 variable "firmware" {
   type        = string
-  default     = "bios"
-  description = "bios (SeaBIOS) or uefi (OVMF, given by ovmf_code)."
+  default     = "uefi"
+  description = "host.firmware of the model: bios (SeaBIOS) or uefi (OVMF, given by ovmf_code)."
 }
 
 variable "ovmf_code" {
@@ -77,9 +79,9 @@ variable "os_disk_size" {
   description = "Blank OS disk (qcow2, grows on demand)."
 }
 
-variable "os_disk_serial" {
+variable "os_disk_device" {
   type        = string
-  description = "Serial of the OS disk; the autoinstall storage section matches the disk by it."
+  description = "QEMU -device (without drive=) presenting the OS disk on the modelled bus with the model's serial."
 }
 
 variable "scratch_disk_size" {
@@ -87,9 +89,9 @@ variable "scratch_disk_size" {
   default = "10G"
 }
 
-variable "scratch_disk_serial" {
+variable "scratch_disk_device" {
   type        = string
-  description = "Serial of the scratch disk (storage.scratch.match.serial in the host model)."
+  description = "QEMU -device (without drive=) for the scratch disk (storage.scratch.match)."
 }
 
 variable "servers_mac" {
@@ -133,14 +135,16 @@ locals {
     ["-no-reboot"],
     ["-vnc", "none"], # no screen to watch or type into: the serial log is the console
     ["-serial", "file:${var.serial_log}"],
-    # SCSI disks: their serial may be up to 36 characters and shows up whole in
-    # /dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_<serial>, where curtin looks for it
-    # (virtio-blk cuts serials to 20 characters, so a longer modelled serial would not match).
+    # Each disk sits on the bus the model names (ide-hd on AHCI for sata, nvme, virtio-blk-pci,
+    # scsi-hd) with the model's serial, so udev in the installer computes the ID_SERIAL shape a real
+    # disk of that bus has and the autoinstall's matcher is tested for real. Both controllers are
+    # always there; an unused one is harmless.
+    ["-device", "ahci,id=ahci0"],
     ["-device", "virtio-scsi-pci,id=scsi0"],
     ["-drive", "file=${local.os_disk},if=none,id=osdisk,format=qcow2,cache=writeback,discard=unmap"],
-    ["-device", "scsi-hd,bus=scsi0.0,drive=osdisk,serial=${var.os_disk_serial},bootindex=1"],
+    ["-device", "${var.os_disk_device},drive=osdisk,bootindex=1"],
     ["-drive", "file=${local.scratch_disk},if=none,id=scratch,format=qcow2,cache=writeback,discard=unmap"],
-    ["-device", "scsi-hd,bus=scsi0.0,drive=scratch,serial=${var.scratch_disk_serial}"],
+    ["-device", "${var.scratch_disk_device},drive=scratch"],
     ["-drive", "file=${var.iso_path},if=none,id=cdrom,media=cdrom,readonly=on"],
     ["-device", "ide-cd,drive=cdrom,bootindex=0"],
     ["-netdev", "user,id=servers${local.net_suffix.servers}"],

@@ -41,7 +41,9 @@ def test_pkrvars_are_deterministic_and_from_the_model(tmp_path: Path, fake_iso: 
     text = first.decode()
     assert 'servers_mac         = "52:54:00:60:00:01"' in text
     assert 'mgmt_mac            = "52:54:00:99:00:01"' in text
-    assert f'os_disk_serial      = "{model.storage.os_disk.match.serial}"' in text
+    assert f'os_disk_device      = "ide-hd,bus=ahci0.0,serial={model.storage.os_disk.match.serial}"' in text
+    assert f'scratch_disk_device = "nvme,serial={model.storage.scratch.match.serial}"' in text
+    assert 'firmware            = "uefi"' in text
     assert 'servers_netdev      = "net=10.60.0.0/24,host=10.60.0.1,dhcpstart=10.60.0.50"' in text
     assert "accelerator" not in text  # machine-specific: passed with -var, never written
     keys = [line.split("=")[0].strip() for line in text.splitlines() if not line.startswith("#")]
@@ -66,9 +68,12 @@ def test_disk_serial_must_be_reproducible_in_qemu() -> None:
     by_id_serial = dataclasses.replace(disk, match=DiskMatch(id_serial="Samsung_SSD_870_EVO_1TB_S6PNNX0T000001"))
     with pytest.raises(BuilderError, match="id_serial"):
         disk_serial(by_id_serial, "os_disk")
-    too_long = dataclasses.replace(disk, match=DiskMatch(serial="S" * 37))
-    with pytest.raises(BuilderError, match="36"):
+    too_long = dataclasses.replace(disk, match=DiskMatch(serial="S" * 21, bus="sata"))
+    with pytest.raises(BuilderError, match="20 characters"):
         disk_serial(too_long, "os_disk")
+    comma = dataclasses.replace(disk, match=DiskMatch(serial="S6PN,X", bus="sata"))
+    with pytest.raises(BuilderError, match="commas"):
+        disk_serial(comma, "os_disk")
 
 
 def test_machine_vars_follow_the_shared_accel_decision(monkeypatch: pytest.MonkeyPatch) -> None:

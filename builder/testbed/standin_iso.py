@@ -2,8 +2,10 @@
 
 It exists so that remastering, BIOS/UEFI × CD/USB boots and PXE can be tested offline. Its initrd
 (busybox-static + the Debian kernel's modules) prints the kernel command line and the NoCloud seed
-it finds, then powers off. It is marked as a stand-in in `/.disk/info`, `/.disk/standin` and its
-volume id, and `builder iso` refuses it without `--allow-standin`.
+it finds; when the kernel line asks for autoinstall it plays the installer's storage contract
+(`data/standin-iso/install`: every disk matcher resolved as subiquity does, a failure marker when
+one does not select exactly one disk, the success marker otherwise), then powers off. It is marked as a stand-in in
+`/.disk/info`, `/.disk/standin` and its volume id, and `builder iso` refuses it without `--allow-standin`.
 """
 
 from __future__ import annotations
@@ -37,14 +39,31 @@ KERNEL_META_PACKAGE = "linux-image-amd64"
 # Modules for CD-ROM, SATA/IDE, USB (xhci + usb-storage), virtio and the usual QEMU NICs.
 WANTED_MODULES = (
     "isofs", "sr_mod", "ata_piix", "ahci", "sd_mod", "usb_storage", "uas", "xhci_pci",
-    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop",
+    "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "e1000", "e1000e", "loop", "nvme",
+    # the filesystems the stand-in installer formats and mounts (ESP: vfat with its code pages)
+    "ext4", "crc32c_generic", "vfat", "nls_cp437", "nls_utf8", "nls_ascii",
 )
+# Tools the stand-in installer partitions and formats with, copied from the build host (Debian) with
+# the shared libraries `ldd` names: (tool, Debian package).
+INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"))
+STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg",
+                      "installed-efi.cfg", "installed-bios.cfg")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
     "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
 )
 GRUB_BIOS_MODULES = ("biosdisk",)
 GRUB_EFI_MODULES = ("efi_gop", "efi_uga")
+# The installed stand-in system's UEFI bootloader: its embedded config (data/standin-iso/installed-efi.cfg)
+# reads the grub.cfg the installer writes beside it on the ESP, which finds the root by UUID on ext4/GPT.
+GRUB_INSTALLED_EFI_MODULES = GRUB_COMMON_MODULES + GRUB_EFI_MODULES + ("ext2",)
+INSTALLED_EFI = "standin/bootx64.efi"  # on the ISO; the installer copies it to ESP:/EFI/BOOT/BOOTX64.EFI
+# BIOS: GRUB's boot.img (MBR code) and a core.img for the bios_grub partition, which the installer patches
+# with the partition's sector as grub-bios-setup would (the stand-in cannot run grub-install). The core
+# finds the root filesystem by the marker file the installer writes, then reads its grub.cfg (root by UUID).
+GRUB_INSTALLED_BIOS_MODULES = GRUB_COMMON_MODULES + GRUB_BIOS_MODULES + ("ext2", "search_fs_uuid")
+INSTALLED_BIOS_CORE = "standin/core.img"
+INSTALLED_BIOS_BOOT = "standin/boot.img"
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,30 @@ def module_load_order(kernel: KernelTree, wanted: tuple[str, ...] = WANTED_MODUL
     return order
 
 
+def install_tool_paths() -> list[Path]:
+    """The host's installer tools and every shared library they load (absolute paths, sorted)."""
+    found: set[Path] = set()
+    for tool, pkg in INSTALL_TOOLS:
+        binary = Path(require_tool(tool, pkg))
+        found.add(binary)
+        out = run(["ldd", binary]).stdout.decode()
+        found.update(Path(p) for p in re.findall(r"(/\S+) \(0x[0-9a-f]+\)", out))
+    if Path("/etc/mke2fs.conf").is_file():
+        found.add(Path("/etc/mke2fs.conf"))
+    return sorted(found)
+
+
+def _copy_install_tools(root: Path) -> None:
+    for src in install_tool_paths():
+        if src.name in {name for name, _ in INSTALL_TOOLS}:
+            dst = root / "usr" / "sbin" / src.name
+        else:
+            dst = root / src.relative_to("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        dst.chmod(0o755 if dst.parent.name == "sbin" or ".so" in dst.name else 0o644)
+
+
 def _set_tree_mtimes(root: Path, epoch: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
@@ -159,6 +202,9 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
         shutil.copyfile(busybox, root / "bin" / "busybox")
         (root / "init").write_bytes(data_file("init"))
         (root / "etc" / "udhcpc.script").write_bytes(data_file("udhcpc.script"))
+        (root / "bin" / "standin-install").write_bytes(data_file("install"))
+        (root / "etc" / "standin-storage.awk").write_bytes(data_file("storage.awk"))
+        _copy_install_tools(root)
         (root / "etc" / "standin-label").write_text(label + "\n")
         order = module_load_order(kernel)
         for rel in order:
@@ -166,7 +212,8 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(kernel.modules / rel, dst)
         (root / "etc" / "standin-modules").write_text("".join(f"{rel}\n" for rel in order))
-        for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script"):
+        for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script",
+                  root / "bin" / "standin-install"):
             p.chmod(0o755)
         _set_tree_mtimes(root, epoch)
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
@@ -179,10 +226,12 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
     log.info("initrd: %d modules, %d bytes", len(order), out.stat().st_size)
 
 
-def _grub_image(fmt: str, modules: tuple[str, ...], out: Path, workdir: Path) -> None:
-    cfg = workdir / "embedded.cfg"
-    cfg.write_bytes(data_file("embedded.cfg"))
-    run(["grub-mkimage", "-O", fmt, "-p", "/boot/grub", "-c", cfg, "-o", out, *modules])
+def _grub_image(fmt: str, modules: tuple[str, ...], out: Path, workdir: Path, *, config: str = "embedded.cfg",
+                prefix: str = "/boot/grub") -> None:
+    cfg = workdir / config
+    cfg.write_bytes(data_file(config))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    run(["grub-mkimage", "-O", fmt, "-p", prefix, "-c", cfg, "-o", out, *modules])
 
 
 def build_esp(bootx64: Path, out: Path, epoch: int) -> None:
@@ -231,6 +280,11 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         _grub_image("i386-pc-eltorito", GRUB_COMMON_MODULES + GRUB_BIOS_MODULES,
                     tree / "boot" / "grub" / "i386-pc" / "eltorito.img", work)
         _grub_image("x86_64-efi", GRUB_COMMON_MODULES + GRUB_EFI_MODULES, tree / "EFI" / "boot" / "bootx64.efi", work)
+        _grub_image("x86_64-efi", GRUB_INSTALLED_EFI_MODULES, tree / INSTALLED_EFI, work, config="installed-efi.cfg",
+                    prefix="/EFI/BOOT")
+        _grub_image("i386-pc", GRUB_INSTALLED_BIOS_MODULES, tree / INSTALLED_BIOS_CORE, work,
+                    config="installed-bios.cfg")
+        shutil.copyfile("/usr/lib/grub/i386-pc/boot.img", tree / INSTALLED_BIOS_BOOT)
         if pad_mib:
             (tree / "pad").mkdir()
             with open(tree / "pad" / "filler.bin", "wb") as f:
@@ -265,8 +319,10 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
     import hashlib
 
     h = hashlib.sha256(Path(__file__).read_bytes())
-    for name in ("init", "udhcpc.script", "embedded.cfg", "grub.cfg", "loopback.cfg"):
+    for name in STANDIN_DATA_FILES:
         h.update(data_file(name))
+    for tool in install_tool_paths():  # the host's partitioning/formatting tools go into the initrd
+        h.update(str(tool).encode() + tool.read_bytes())
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
     if not path.exists():
