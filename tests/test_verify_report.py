@@ -54,7 +54,7 @@ def test_junit_counts_and_cases() -> None:
     root = ET.fromstring(junit_xml(rep))
     suite = root.find("testsuite")
     assert suite is not None
-    assert suite.get("failures") == "1" and suite.get("skipped") == "2"  # nvidia.smi, health.gpu
+    assert suite.get("failures") == "1" and suite.get("skipped") == "3"  # nvidia.smi, health.gpu, nvidia.gpu-name
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert len(cases) == len(rep.results)
     fail = cases["nvidia.driver.hold"].find("failure")
