@@ -168,7 +168,8 @@ def host_health_check(model: Any) -> Check:
             parsed = parse_df(df.stdout)
             ratio = _series(metrics, "host_health_scratch_used_ratio", mountpoint=scratch)
             real = parsed[0] / max(parsed[0] + parsed[1], 1) if parsed else None
-            seen.append(f"scratch={'?' if ratio is None else f'{ratio:.3f}'} (df {'?' if real is None else f'{real:.3f}'})")
+            shown = "?" if ratio is None else f"{ratio:.3f}"
+            seen.append(f"scratch={shown} (df {'?' if real is None else f'{real:.3f}'})")
             if ratio is None:
                 problems.append(f"no host_health_scratch_used_ratio for {scratch}")
             elif real is None:
