@@ -74,7 +74,7 @@ def _fetch_status(res_stdout: str) -> tuple[str, list[str]]:
 
 def _port_listeners(ctx: Context, port: int) -> tuple[list[str], list[str]]:
     """(all listeners on `port` as text, those not on the SERVERS address)."""
-    res = ctx.run(f"ss -Htlnp 'sport = :{port}'", root=True)
+    res = ctx.run(f"ss -Htulnp 'sport = :{port}'", root=True)  # -u too: ss prints the Netid column then
     lns = [ln for ln in parse_listeners(res.stdout) if ln.port == port]
     srv = ctx.model.servers.ip
     return [str(ln) for ln in lns], [str(ln) for ln in lns if ln.addr != srv]
@@ -96,6 +96,8 @@ def _exporter_check(model: Any, cid: str, title: str, port: int, prefix: str, se
             problems.append(f"{url} did not answer: {status or res.brief()}")
         elif not samples:
             problems.append(f"{url} answered without any {prefix}* metric")
+        if not found or len(elsewhere) == len(found):
+            problems.append(f"nothing listens on {srv}:{port}")
         if elsewhere:
             problems.append(f"port {port} also listens beyond the SERVERS address: {'; '.join(elsewhere)}")
         if problems:
@@ -103,7 +105,7 @@ def _exporter_check(model: Any, cid: str, title: str, port: int, prefix: str, se
         return passed(f"{url}: {status.split()[2] if len(status.split()) > 2 else '?'} lines, "
                       f"{len(samples)} {prefix}* samples; {listening}", found=listening)
 
-    return Check(cid, title, SEED[seed_key], f"GET {url}; ss -Htlnp 'sport = :{port}'", expect, fn,
+    return Check(cid, title, SEED[seed_key], f"GET {url}; ss -Htulnp 'sport = :{port}'", expect, fn,
                  family="monitoring", not_on=not_on_kinds)
 
 
