@@ -24,7 +24,7 @@ from builder.verify.ssh import generate_keypair
 pytestmark = pytest.mark.vm
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET_DEPENDENT = {"nvidia.smi", "health.gpu",  # N/A inside QEMU, FAIL on a live host without a GPU
+TARGET_DEPENDENT = {"nvidia.smi", "health.gpu", "nvidia.gpu-name",  # N/A inside QEMU, FAIL live without a GPU
                     "docker.storage-on-scratch"}  # N/A on the direct-boot stand-in, FAIL live (no scratch disk)
 FILL = "builder-verify-fill"
 

@@ -54,8 +54,8 @@ def test_junit_counts_and_cases() -> None:
     root = ET.fromstring(junit_xml(rep))
     suite = root.find("testsuite")
     assert suite is not None
-    # skipped: nvidia.smi, health.gpu, docker.storage-on-scratch (the stand-in has no scratch disk)
-    assert suite.get("failures") == "1" and suite.get("skipped") == "3"
+    # skipped: nvidia.smi, health.gpu, nvidia.gpu-name, docker.storage-on-scratch (no scratch disk on the stand-in)
+    assert suite.get("failures") == "1" and suite.get("skipped") == "4"
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert len(cases) == len(rep.results)
     fail = cases["nvidia.driver.hold"].find("failure")

@@ -30,13 +30,15 @@ from tests.verify_canned import ENDPOINTS, EPHEMERAL, FakeOutside, df_scratch, h
 MODEL = load_model(None)
 LIVE = ssh_target("10.99.0.20", 22, "ops")
 GPU_DEVICE = {"grep -lix 0x10de": Result(0, "/sys/bus/pci/devices/0000:01:00.0/vendor\n")}
+GPU_CHECKS = {"nvidia.smi", "health.gpu", "nvidia.gpu-name"}  # n/a inside QEMU
 
 
 def gpu_ok(model: Any = MODEL) -> dict[str, Result]:
     upstream = model.nvidia.driver.version.split("-")[0]
     return {**GPU_DEVICE,
-            "nvidia-smi --query-gpu": Result(0, f"NVIDIA RTX 4000 Ada Generation, {upstream}\n"),
-            "nvidia-smi -L": Result(0, "GPU 0: NVIDIA RTX 4000 Ada Generation (UUID: GPU-1234)\n")}
+            "nvidia-smi --query-gpu": Result(0, f"{model.nvidia.gpu}, {upstream}\n"),
+            "nvidia-smi --query-gpu=name --format": Result(0, f"{model.nvidia.gpu}\n"),
+            "nvidia-smi -L": Result(0, f"GPU 0: {model.nvidia.gpu} (UUID: GPU-1234)\n")}
 
 
 def run_on(target: Target, changes: dict[str, Any] | None = None, model: Any = MODEL,
@@ -115,8 +117,7 @@ def test_parse_endpoint() -> None:
 def test_only_the_gpu_and_scratch_checks_depend_on_the_target_kind() -> None:
     catalog = build_catalog(MODEL)
     skipped = {kind: {c.id for c in catalog if c.skip_reason(kind)} for kind in KINDS}
-    assert skipped == {"standin": {"nvidia.smi", "health.gpu", "docker.storage-on-scratch"},
-                       "disk": {"nvidia.smi", "health.gpu"}, "ssh": set()}
+    assert skipped == {"standin": GPU_CHECKS | {"docker.storage-on-scratch"}, "disk": GPU_CHECKS, "ssh": set()}
     scratch = next(c for c in catalog if c.id == "docker.storage-on-scratch")
     assert "no installer-made scratch disk" in (scratch.skip_reason("standin") or "")
     for cid in skipped["disk"]:
@@ -128,16 +129,16 @@ def test_only_the_gpu_and_scratch_checks_depend_on_the_target_kind() -> None:
 def test_gpu_is_not_applicable_inside_qemu_even_without_asking(target: Target) -> None:
     res = run_on(target)
     scratch = {"docker.storage-on-scratch"} if target.kind == "standin" else set()
-    assert by_status(res, "n/a") == {"nvidia.smi", "health.gpu"} | scratch
+    assert by_status(res, "n/a") == GPU_CHECKS | scratch
     assert by_status(res, "fail") == set()
-    for cid in ("nvidia.smi", "health.gpu"):
+    for cid in GPU_CHECKS:
         assert "no GPU inside QEMU" in res[cid].outcome.message
         assert res[cid].commands == ()  # not run at all: nothing to judge inside QEMU
 
 
 def test_live_host_without_a_gpu_fails_both_gpu_checks() -> None:
     res = run_on(LIVE)  # canned: no NVIDIA PCI device, no nvidia-smi
-    assert by_status(res, "fail") == {"nvidia.smi", "health.gpu"}
+    assert by_status(res, "fail") == GPU_CHECKS
     assert by_status(res, "n/a") == set()
     assert "no NVIDIA GPU" in res["nvidia.smi"].outcome.message
     assert "GPU unavailable" in res["health.gpu"].outcome.message
@@ -437,5 +438,5 @@ def test_live_full_catalog_judges_the_gpu(tmp_path: Path, key: tuple[Path, str],
     data = json.loads((out / "prometheus" / "verify" / "report.json").read_text())
     failing = {c["id"] for c in data["checks"] if c["status"] == "fail"}
     # users.ops.ssh-key: the model file lists the test key, the canned host has the harness key instead
-    assert failing == {"nvidia.smi", "health.gpu", "users.ops.ssh-key"}, failing
+    assert failing == {"nvidia.smi", "health.gpu", "nvidia.gpu-name", "users.ops.ssh-key"}, failing
     assert "SERVERS probed at 127.0.0.1:2223" in data["target"]

@@ -76,7 +76,7 @@ def test_default_model_passes_every_check(session, tmp_path: Path) -> None:  # n
     for cid, msg in gaps.items():  # a stand-in gap must fail for its known reason, nothing else
         assert STANDIN_GAPS[cid] in msg, (cid, msg)
     na = {c["id"]: c["message"] for c in data["checks"] if c["status"] == "n/a"}
-    assert set(na) == {"nvidia.smi", "health.gpu", "docker.storage-on-scratch"}, na
+    assert set(na) == {"nvidia.smi", "health.gpu", "nvidia.gpu-name", "docker.storage-on-scratch"}, na
     for k in ("boot_to_login", "cloud_init_done", "ssh_ready", "checks_seconds"):
         assert k in data["timings"], data["timings"]
     assert (out / "junit.xml").exists() and (out / "serial.log").stat().st_size > 0

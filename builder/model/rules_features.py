@@ -5,6 +5,7 @@ Every message cites the seed line it comes from, so a refused model says which p
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,25 @@ def check_features(m: HostModel, c: Collector) -> None:
 def check_seed_policy(m: HostModel, c: Collector) -> None:
     _release(m, c)
     _mount_table(m, c)
+    _docker_on_scratch(m, c)
+
+
+SEED_DOCKER_ROW = '"/var/lib/docker | Container images/layers | Disposable" on "Local Scratch / NVMe"'
+
+
+def _docker_on_scratch(m: HostModel, c: Collector) -> None:
+    """Docker's data root (and containerd's root, `<scratch>/containerd-root`, builder.seed.hostconfig) must
+    be on the scratch disk: the scratch mountpoint or below it. Else images and layers fill the OS disk."""
+    scratch = m.storage.scratch
+    if scratch is None or not scratch.mountpoint:
+        return  # no scratch disk, or one mounted at the data root itself
+    mp = posixpath.normpath(scratch.mountpoint)
+    root = posixpath.normpath(m.docker.data_root) if m.docker.data_root else ""
+    if not root.startswith("/") or (root != mp and not root.startswith(mp.rstrip("/") + "/")):
+        c.add(("docker", "data_root"),
+              f"expected the scratch mountpoint {mp} or a folder below it, found {m.docker.data_root!r}: images and "
+              f"layers (Docker's data root, and containerd's root {mp.rstrip('/')}/containerd-root) belong on the "
+              f"scratch disk, not the OS disk (seed: {SEED_DOCKER_ROW})")
 
 
 def _virtualization(m: HostModel, c: Collector) -> None:

@@ -131,12 +131,11 @@ def _first_boot(m: HostModel) -> list[Pin]:
             pins += [Pin(name, tk.version, ("nvidia", "container_toolkit", "version")) for name in TOOLKIT_FAMILY]
         else:
             pins.append(Pin(tk.package, None, ("nvidia", "container_toolkit", "package")))
-    if m.features.virtualization.enabled:
-        pins += [Pin(n, None, ("features", "virtualization", "enabled"))
-                 for n in ("qemu-system-x86", "libvirt-daemon-system", "libvirt-clients")]
-    mon = m.features.monitoring
-    if mon.enabled and mon.node_exporter:
-        pins.append(Pin("prometheus-node-exporter", None, ("features", "monitoring", "node_exporter")))
+    from builder.seed.features import VIRT_PACKAGES, feature_packages  # the features' one package list
+
+    for name in feature_packages(m):
+        field = ("features", "virtualization", "enabled") if name in VIRT_PACKAGES else ("features", "monitoring")
+        pins.append(Pin(name, None, field))
     return pins
 
 

@@ -18,7 +18,7 @@ from builder import __version__
 from builder.errors import BuilderError
 from builder.model import HostModel, Interface, User
 from builder.seed import hostconfig
-from builder.seed.features import alert_rules_text, feature_files, feature_packages, feature_runcmd
+from builder.seed.features import alert_rules_text, feature_files, feature_runcmd
 from builder.seed.packages import DRIVER_SCRIPT, package_plan
 from builder.seed.templating import environment, render_template
 
@@ -85,7 +85,7 @@ def network_config(model: HostModel) -> dict[str, Any]:
 
 def _packages(model: HostModel) -> list[Any]:
     """cloud-init's one-transaction `packages:` (the driver has its own step: builder.seed.packages)."""
-    return [*package_plan(model, MANAGED).first_boot_packages, *feature_packages(model)]
+    return list(package_plan(model, MANAGED).first_boot_packages)
 
 
 def _mounts(model: HostModel) -> list[list[str]]:

@@ -169,11 +169,16 @@ def build_repos(http_root: Path, *, archive: SigningKey, docker: SigningKey, nvi
         for v in pkg.versions:
             build_deb(pkg, v, ubuntu / "pool" / "restricted" / "n" / pkg.name, work, sde)
     driver_index = _packages_index(ubuntu, ubuntu / "pool" / "restricted")
+    # The optional features' packages (builder.testbed.featurepkgs): noble/universe.
+    from builder.testbed.featurepkgs import build_feature_pool
+
+    feature_index = _packages_index(ubuntu, build_feature_pool(ubuntu, work, sde))
     for suite in UBUNTU_SUITES + DEBIAN_SUITES:
         for comp in UBUNTU_COMPONENTS:
             wanted = comp == "restricted" and suite == "noble-updates"
             wanted = wanted or (comp == "main" and suite == "bookworm-updates")
-            _write_index(ubuntu / "dists" / suite / comp / "binary-amd64", driver_index if wanted else b"")
+            index = driver_index if wanted else feature_index if (suite, comp) == ("noble", "universe") else b""
+            _write_index(ubuntu / "dists" / suite / comp / "binary-amd64", index)
         origin = "Ubuntu" if suite.startswith("noble") else "Debian"
         _write_release(ubuntu / "dists" / suite, archive, {
             "Origin": origin, "Label": origin, "Suite": suite, "Codename": suite.split("-")[0],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from builder.model import HostModel
 from builder.verify.checks_docker import docker_checks
+from builder.verify.checks_features import feature_checks
 from builder.verify.checks_health import health_checks
 from builder.verify.checks_hostconfig import hostconfig_checks
 from builder.verify.checks_network import network_checks
@@ -24,6 +25,7 @@ def build_catalog(model: HostModel) -> list[Check]:
         *nvidia_checks(model),
         *hostconfig_checks(model),
         *health_checks(model),
+        *feature_checks(model),
     ]
     ids = [c.id for c in checks]
     dup = {i for i in ids if ids.count(i) > 1}

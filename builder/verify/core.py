@@ -63,6 +63,13 @@ SEED = {
     "alert-gpu": SeedRef(132, "GPU unavailable"),
     "alert-nfs": SeedRef(133, "NFS mounts unavailable"),
     "alert-scratch": SeedRef(134, "Disk pressure on local scratch"),
+    # optional features (builder.verify.checks_features)
+    "gpu-model": SeedRef(33, "Model: **NVIDIA RTX A4000 Ada**"),
+    "virt-policy": SeedRef(98, "## Virtualization Stack (Optional)"),
+    "virt-libvirt": SeedRef(100, "Management: libvirt"),
+    "host-metrics": SeedRef(127, "CPU, memory, disk, network (when monitoring stack is enabled)"),
+    "dcgm": SeedRef(130, "Optional DCGM exporter"),
+    "alerts": SeedRef(131, "Alerts (recommended):"),
 }
 
 

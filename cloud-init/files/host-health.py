@@ -55,6 +55,14 @@ def mounted(mounts_file: str) -> dict[str, str]:
     return table
 
 
+def existing_parent(path: str) -> str:
+    """`path`, or its nearest existing parent: where data written to `path` would land (a data root
+    that Docker has not created yet is still measured on the filesystem that will hold it)."""
+    while not os.path.exists(path) and path not in ("", "/"):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -87,7 +95,7 @@ def collect(cfg: dict, mounts_file: str) -> list[str]:
             "# TYPE host_health_scratch_used_ratio gauge",
         ]
         try:
-            st = os.statvfs(scratch)
+            st = os.statvfs(existing_parent(scratch))
             used = st.f_blocks - st.f_bfree
             total = used + st.f_bavail
             ratio = used / total if total else 0.0
