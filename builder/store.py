@@ -90,3 +90,19 @@ def update_manifest(manifest: Path, section: str, data: dict) -> None:
         raise BuilderError(f"{manifest}: not valid JSON ({exc})", hint="run `builder render` again") from None
     current[section] = data
     write_text_atomic(manifest, json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock while filling one entry of the shared build cache, so that two
+    builder processes (or two test workers) never build the same entry at once."""
+    import fcntl
+
+    locks = Path(cache) / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from builder.errors import BuilderError
 from builder.run import require_tool, run
+from builder.store import cache_lock
 
 
 def cache_root() -> Path:
@@ -49,6 +50,11 @@ def stop_agent(gnupghome: Path) -> None:
 
 def make_key(directory: Path, uid: str) -> SigningKey:
     """Create (or reuse) an ed25519 signing key in `directory`."""
+    with cache_lock(directory.parent, f"key-{directory.name}"):
+        return _make_key(directory, uid)
+
+
+def _make_key(directory: Path, uid: str) -> SigningKey:
     gpg = require_tool("gpg", "gnupg")
     home = directory / "gnupg"
     asc = directory / "public.asc"

@@ -22,7 +22,7 @@ from pathlib import Path
 from builder import settings
 from builder.errors import BuilderError
 from builder.run import require_tool, run
-from builder.store import staged_dir
+from builder.store import cache_lock, staged_dir
 from builder.testbed.gpgkeys import archive_key, cache_root
 
 log = logging.getLogger("builder.testbed.image")
@@ -117,6 +117,11 @@ def _image_from(folder: Path, key: str) -> StandinImage:
 def build_image(inputs: ImageInputs | None = None, *, force: bool = False) -> StandinImage:
     """Return the cached image for `inputs`, building it first if needed (~2-4 min cold)."""
     inputs = inputs or default_inputs()
+    with cache_lock(cache_root(), f"image-{inputs.key()}"):
+        return _build_image(inputs, force)
+
+
+def _build_image(inputs: ImageInputs, force: bool) -> StandinImage:
     key = inputs.key()
     folder = cache_root() / "firstboot" / "images" / key
     if not force and (folder / "manifest.json").exists():

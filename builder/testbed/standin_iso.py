@@ -22,7 +22,7 @@ from pathlib import Path
 from builder.errors import BuilderError
 from builder.resources import resource
 from builder.run import require_tool, run
-from builder.store import staged_file
+from builder.store import cache_lock, staged_file
 
 log = logging.getLogger("builder.testbed.standin_iso")
 
@@ -86,6 +86,11 @@ def data_file(name: str) -> bytes:
 
 def kernel_deb(cache: Path) -> Path:
     """The Debian kernel package, downloaded once with `apt-get download` into the cache."""
+    with cache_lock(cache, "kernel-deb"):
+        return _kernel_deb(cache)
+
+
+def _kernel_deb(cache: Path) -> Path:
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob("linux-image-*-amd64_*.deb"))
@@ -325,8 +330,9 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
         h.update(str(tool).encode() + tool.read_bytes())
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
-    if not path.exists():
-        build_standin_iso(path, cache, epoch)
+    with cache_lock(cache, path.stem):
+        if not path.exists():
+            build_standin_iso(path, cache, epoch)
     return path
 
 
