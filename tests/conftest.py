@@ -122,3 +122,17 @@ def no_gpg_agent_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterat
     for home in set(left.values()):
         stop_agents(home)
     assert left == {}, f"tests left gpg-agent processes running: {left}"
+
+
+SHARED_BOOT_FIXTURES = {"verify_guest_session", "firstboot_guest"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the tests of one boot on one xdist worker: every test of the shared guest in one group,
+    the other VM tests grouped by module (their boots are module-scoped fixtures)."""
+    for item in items:
+        if item.get_closest_marker("vm") is None:
+            continue
+        names = set(getattr(item, "fixturenames", ()))
+        group = "shared-guest" if names & SHARED_BOOT_FIXTURES else item.module.__name__ if item.module else "vm"
+        item.add_marker(pytest.mark.xdist_group(group))
