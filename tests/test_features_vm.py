@@ -29,7 +29,7 @@ pytestmark = pytest.mark.vm
 
 FEATURE_PREFIXES = ("monitoring.", "virt.", "net.listeners", "health.nfs-mounts", "health.scratch-pressure")
 INTERVAL = 10  # host-health timer period in this boot (the model's minimum), so changes show quickly
-PROBE = 2  # seconds an NFS mount may take
+PROBE = 5  # seconds an NFS mount may take (2 s flaked with two TCG guests and a 1.7 GiB fallocate at once)
 
 
 def features_model_data() -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +44,39 @@ class SigningKey:
 
 
 def stop_agent(gnupghome: Path) -> None:
+    """Stop the gpg-agent of `gnupghome` and wait until it is gone (it exits asynchronously)."""
     gpgconf = shutil.which("gpgconf")
     if gpgconf:
         with contextlib.suppress(BuilderError):
             run([gpgconf, "--kill", "all"], env={"GNUPGHOME": str(gnupghome)}, check=False, timeout=20)
+    for sig in (0, signal.SIGTERM):
+        if sig:
+            for pid in _agent_pids(gnupghome):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + 10
+        while _agent_pids(gnupghome) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _agent_pids(gnupghome: Path) -> list[int]:
+    """Live gpg-agent processes serving `gnupghome` (from /proc; zombies excluded)."""
+    want = str(Path(gnupghome).resolve())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state == "Z" or not argv or os.path.basename(argv[0]) != b"gpg-agent":
+            continue
+        homes = [os.fsdecode(b) for a, b in zip(argv, argv[1:], strict=False) if a == b"--homedir"]
+        if homes and str(Path(homes[0]).resolve()) == want:
+            pids.append(int(entry.name))
+    return pids
 
 
 def make_key(directory: Path, uid: str) -> SigningKey:
