@@ -33,6 +33,15 @@ def schema_dir() -> Path:
     return folder
 
 
+def schema_args() -> list[str]:
+    """`--schema-dir DIR` when the upstream schemas are here (this lab's CI), else nothing: validation
+    then reports each schema as skipped, by name, and the test still runs."""
+    import os
+
+    folder = Path(os.environ.get("BUILDER_SCHEMA_DIR") or SCHEMA_DIR)
+    return ["--schema-dir", str(folder)] if (folder / "autoinstall-schema.json").is_file() else []
+
+
 def default_model_data() -> dict[str, Any]:
     return yaml.safe_load(DEFAULT_MODEL.read_text())
 

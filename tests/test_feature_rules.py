@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from builder.cli import main
-from tests.conftest import SCHEMA_DIR, default_model_data
+from tests.conftest import default_model_data, schema_args
 
 
 def _set(**changes: Any) -> Callable[[dict], None]:
@@ -104,7 +104,7 @@ WARNINGS: list[tuple[str, Callable[[dict], None], str, str]] = [
 
 
 def _validate(path, capsys) -> tuple[int, str]:
-    code = main(["validate", "--host", str(path), "--schema-dir", str(SCHEMA_DIR)])
+    code = main(["validate", "--host", str(path), *schema_args()])
     cap = capsys.readouterr()
     return code, cap.out + cap.err
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from builder.cli import main
-from tests.conftest import default_model_data
+from tests.conftest import default_model_data, schema_args
 
 
 def _set(path: str, value: Any) -> Callable[[dict], None]:
@@ -196,7 +196,7 @@ def test_cli_error_has_no_traceback_in_a_real_process(write_model, tmp_path: Pat
 
 
 def test_servers_dhcp_is_a_warning_not_an_error(capsys) -> None:
-    code, output = _run_cli(["validate", "--schema-dir", str(Path(__file__).parents[2] / "shared" / "schemas")],
+    code, output = _run_cli(["validate", *schema_args()],
                             capsys)
     assert code == 0, output
     assert "warning: network.interfaces.servers.dhcp" in output
