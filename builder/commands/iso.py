@@ -27,9 +27,11 @@ def register_standin_iso(group: argparse._SubParsersAction) -> None:
 
 
 def cmd_iso(args: argparse.Namespace) -> int:
-    from builder.pipeline import stage_iso
+    from builder.pipeline import apply_standin_chain, stage_iso
 
-    result = stage_iso(context(args), base_iso(args))
+    base = base_iso(args)
+    ctx = apply_standin_chain(context(args), base, say=print)  # a stand-in base: the harness seed, said so
+    result = stage_iso(ctx, base)
     print(f"wrote {result.iso} ({result.iso.stat().st_size / (1 << 20):.1f} MiB, "
           f"remaster {result.remaster.seconds:.1f}s)")
     print(f"sha256 {result.sha256}")

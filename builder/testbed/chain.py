@@ -5,7 +5,8 @@ repositories, the Atlas NFS stand-in) at the addresses `builder verify` serves t
 base ISO is a stand-in (`--allow-standin`), `builder build` renders the seed from the harness model
 (builder.testbed.services.harness_model): repository URLs and keys (stable, cached), the NFS server
 (`service_address(model)`, inside the SERVERS subnet) and one extra admin login key whose private half
-is kept under `<out>/<host>/standin-chain/` (0600) for the verify stage. Everything else is the model
+is kept under `<out>/<host>/standin-chain/` (0600) for the verify stage (one key per cache, like the
+repository keys, so the same model still renders the same bytes). Everything else is the model
 as written. This is never done for a real Ubuntu ISO, and the build says so where it is done.
 """
 
@@ -67,13 +68,20 @@ def prepare_chain(model: HostModel, host_dir: Path) -> StandinChain:
     from builder.testbed.services import HarnessServices, harness_model
     from builder.verify.ssh import generate_keypair
 
+    # one key per cache, like the repository keys: the same model renders the same seed (reproducible ISO)
+    cached = cache_root() / "firstboot" / "chain-key" / IDENTITY_NAME
+    if not (cached.is_file() and cached.with_name(IDENTITY_NAME + ".pub").is_file()):
+        generate_keypair(cached.parent, IDENTITY_NAME)
+    pub = cached.with_name(IDENTITY_NAME + ".pub").read_text().strip()
     folder = chain_dir(host_dir)
+    folder.mkdir(parents=True, exist_ok=True)
     key = folder / IDENTITY_NAME
-    if key.is_file() and key.with_name(key.name + ".pub").is_file():
-        pub = key.with_name(key.name + ".pub").read_text().strip()
-    else:
-        key, pub = generate_keypair(folder, IDENTITY_NAME)
-    key.chmod(0o600)
+    for src, dst, mode in ((cached, key, 0o600), (cached.with_name(IDENTITY_NAME + ".pub"),
+                                                  key.with_name(IDENTITY_NAME + ".pub"), 0o644)):
+        if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+            dst.unlink(missing_ok=True)
+            dst.write_bytes(src.read_bytes())
+        dst.chmod(mode)
     svc = planned_services(model)
     tmodel = harness_model(model, cast(HarnessServices, svc), extra_ssh_key=pub)
     chain = StandinChain(tmodel, key, pub, svc.guest_ip)

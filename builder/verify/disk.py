@@ -147,7 +147,8 @@ def booted_disk(model: HostModel, images: DiskImages, workdir: Path, identity: P
                     remaining = max(60.0, timeout - (time.monotonic() - started))
                     proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
                     access.timings["cloud_init_done"] = round(time.monotonic() - started, 1)
-                    log.info("cloud-init on the disk: %s", (proc.stdout or "").strip().splitlines()[:3])
+                    status = [ln for ln in (proc.stdout or "").splitlines() if ln.strip(". ")]
+                    log.info("cloud-init on the disk: %s", "; ".join(status[:2]))
                     yield access, svc
             finally:
                 for fwd in fwds:
