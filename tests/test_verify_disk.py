@@ -126,3 +126,24 @@ def test_report_json_names_the_disk_and_its_digest(tmp_path: Path) -> None:
     text = json.dumps(report_dict(rep))
     assert '"kind": "disk"' in text and "ab" * 32 in text and str(tmp_path / "d") in text
     assert "stand-in chain: test overrides applied" in text
+
+
+@needs_tools
+@pytest.mark.vm
+def test_a_disk_that_does_not_boot_is_exit_2_with_the_serial_log_tail(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A blank disk under OVMF: no SSH within --boot-timeout; the error quotes the firmware's last lines (~40 s)."""
+    out = tmp_path / "out"
+    ctx = make_context(None, out)
+    chain = apply_standin_chain(ctx, BaseIso(_iso(tmp_path, "STANDIN\n"), allow_standin=True), say=lambda _: None).chain
+    assert chain is not None
+    disk = _disks(tmp_path / "d")
+    argv = ["verify", "--out", str(out), "--target", f"disk:{disk}", "--identity", str(chain.identity),
+            "--boot-timeout", "25"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"the disk {disk} did not come up" in err and "serial log's last lines" in err, err
+    assert "  | " in err and ("BdsDxe" in err or "UEFI" in err or "Shell" in err), err  # OVMF's own lines
+    assert "Traceback" not in err
+    assert not (out / "prometheus" / "verify").exists()
+    assert not list(out.glob("prometheus/.verify-*"))  # the work folder (overlays) is gone
