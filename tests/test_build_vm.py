@@ -135,6 +135,12 @@ def test_a_disk_changed_after_the_build_fails_the_matching_check(built: Built, t
     listed = subprocess.run(["debugfs", "-R", "cat /etc/ssh/sshd_config.d/00-broken.conf",
                              f"{copy}?offset={_root_offset(copy)}"], capture_output=True, text=True).stdout
     assert listed == "PasswordAuthentication yes\n"
+    # back to qcow2 (sparse raw copies are 20 GiB to hash), the scratch disk beside it as Packer names it
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(copy), str(tmp_path / "broken.qcow2")], check=True)
+    copy.unlink()
+    (tmp_path / "broken-1.raw").unlink()
+    copy = tmp_path / "broken.qcow2"
+    shutil.copyfile(images / "prometheus-1", tmp_path / "broken.qcow2-1")
     key = host / "standin-chain" / "admin-ed25519"
     out = tmp_path / "verify-out"
     shutil.copytree(host / "standin-chain", out / "prometheus" / "standin-chain")
