@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from builder.summary import StageResult  # noqa: F401  (re-exported for commands
 if TYPE_CHECKING:
     from builder.media.iso import RemasterResult
     from builder.packer import PackerResult
+    from builder.testbed.chain import StandinChain
     from builder.verify.report import Report
 
 STAGES = ("validate", "render", "iso", "pxe", "packer", "verify")
@@ -43,6 +44,7 @@ class BuildContext:
     validation: tuple[Step, ...]
     out: Path
     source_date_epoch: int
+    chain: StandinChain | None = None  # the offline stand-in chain: `model` is the harness model (apply_standin_chain)
 
     @property
     def hostname(self) -> str:
@@ -78,6 +80,27 @@ def make_context(host: Path | None, out: Path, schema_dir: Path | None = None, *
         raise ProblemsError([Problem(s.name, None, "", s.detail) for s in failed], what="rendered seed")
     return BuildContext(model, tuple(warnings), files, tuple(steps), Path(out).absolute(),
                         settings.source_date_epoch(model.host.source_date_epoch))
+
+
+def apply_standin_chain(ctx: BuildContext, base: BaseIso, say: Callable[[str], None] | None = None) -> BuildContext:
+    """On a stand-in base ISO (`--allow-standin`): the context with the seed rendered from the harness model.
+
+    The disk Packer installs from that ISO boots offline against the harness services, and the verify stage
+    logs in with the extra admin key kept under <out>/<host>/standin-chain/ (builder.testbed.chain). Never
+    for a real Ubuntu ISO (no STANDIN marker in its .disk/info). Said out loud, never silent.
+    """
+    from builder.media.iso import STANDIN_MARKER
+    from builder.media.source import extract_info
+    from builder.testbed.chain import prepare_chain
+
+    if not base.allow_standin or base.path is None or not base.path.is_file():
+        return ctx
+    if STANDIN_MARKER.encode() not in extract_info(base.path.absolute()):
+        return ctx
+    chain = prepare_chain(ctx.model, ctx.host_dir)
+    files = render_host(chain.model)
+    (say or _stderr)(f"builder: {chain.note()}")
+    return replace(ctx, model=chain.model, seed=files, chain=chain)
 
 
 def _stderr(text: str) -> None:
@@ -251,6 +274,37 @@ def stage_verify(ctx: BuildContext, opts: VerifyOptions,
     return VerifyResult(report, out)
 
 
+def packer_disk(ctx: BuildContext) -> Path:
+    """The OS disk the packer stage writes (Packer's vm_name in its output folder)."""
+    return ctx.host_dir / "packer" / "build" / "images" / ctx.hostname
+
+
+def stage_verify_disk(ctx: BuildContext, disk: Path, identity: Path, opts: VerifyOptions,
+                      on_result: Callable[..., None] | None = None) -> VerifyResult:
+    """Boot a built disk by its firmware with the harness services and run the catalog (builder.verify.disk)."""
+    import shutil
+    import tempfile
+
+    from builder.verify.disk import preflight_disk, verify_disk
+    from builder.verify.report import write_report
+    from builder.verify.targets import disk_target
+
+    started = time.monotonic()
+    preflight_disk(ctx.model, disk, identity)  # bad inputs fail before anything is created under --out
+    ctx.host_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".verify-disk-", dir=ctx.host_dir))
+    notes = (ctx.chain.note(),) if ctx.chain is not None else ()
+    try:
+        _stderr(f"builder: booting the disk {disk} by its firmware ({ctx.model.host.firmware}; TCG: 2-6 min)...")
+        report, serial = verify_disk(ctx.model, disk_target(disk), identity, work, only=list(opts.only) if opts.only
+                                     else None, on_result=on_result, started=started,
+                                     boot_timeout=opts.boot_timeout, notes=notes)
+        out = write_report(report, ctx.host_dir / "verify", serial_log=serial)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return VerifyResult(report, out)
+
+
 # --- builder build --------------------------------------------------------------------------------
 
 
@@ -288,7 +342,13 @@ def _run_stage(name: str, ctx: BuildContext, opts: BuildOptions, say: Callable[[
     if name == "verify":
         from builder.verify.report import render_table
 
-        vr = stage_verify(ctx, opts.verify)
+        disk = packer_disk(ctx)
+        if "packer" not in opts.skip and ctx.chain is not None and disk.is_file():
+            # the disk the packer stage wrote, booted by its firmware (the stand-in chain holds the login key)
+            vr = stage_verify_disk(ctx, disk, ctx.chain.identity, opts.verify)
+            say(f"  target: {vr.report.spec.description}, sha256 {vr.report.spec.sha256}")
+        else:
+            vr = stage_verify(ctx, opts.verify)
         say(render_table(vr.report))
         failed = [r for r in vr.report.results if r.status == "fail"]
         return (0, "") if vr.report.ok else (1, f"{len(failed)} check(s) failed; report in {vr.report_dir}")

@@ -15,7 +15,7 @@ from builder.summary import StageResult, exit_code
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOW = REPO / ".github" / "workflows" / "verify.yml"
 # Plain system commands a workflow step may use besides the project's own scripts and builder.
-SYSTEM_COMMANDS = {"echo", "tee", "sudo", "test", "mkdir", "ls", "cat", "udevadm"}
+SYSTEM_COMMANDS = {"echo", "tee", "sudo", "test", "mkdir", "ls", "cat", "udevadm", "chmod"}
 
 
 def test_build_loads_the_model_once_and_renders_once(

@@ -1,4 +1,4 @@
-"""`builder packer` on the remastered stand-in ISO under TCG (two short boots, about 30 s each).
+"""`builder packer` on the remastered stand-in ISO under TCG: an install onto the modelled disks, then its boot.
 
 The Packer VM presents the model's disks on their buses with the model's serials; the stand-in
 installer resolves the rendered storage matchers against what udev would compute from the kernel's
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -98,8 +99,20 @@ def _boot_installed(images: Path, log: Path, firmware: str) -> str:
            "-device", f"{qemu_disk_device(model.storage.os_disk, 'os_disk')},drive=osdisk,bootindex=1",
            "-drive", f"file={images / 'prometheus-1'},if=none,id=scratch,format=qcow2,snapshot=on",
            "-device", f"{qemu_disk_device(model.storage.scratch, 'scratch')},drive=scratch"]
-    subprocess.run(cmd, check=True, timeout=150, stdin=subprocess.DEVNULL, capture_output=True)
-    return log.read_text(errors="replace").replace("\r", "")
+    # the installed system (the stand-in image's Debian) prints its state early and keeps running: stop it then
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    text = ""
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = log.read_text(errors="replace").replace("\r", "") if log.exists() else ""
+            if re.search(r"^STANDIN-INSTALLED-(OK|FAILED)", text, re.M):
+                break
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return log.read_text(errors="replace").replace("\r", "") if log.exists() else text
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +181,9 @@ def test_a_serial_the_vm_disk_does_not_carry_fails_fast_quoting_the_installer(st
                                    "--packer-timeout", "600"])
     print(f"\nbuilder packer (stand-in, OS serial not on the VM's disk): exit {rc} after {seconds:.0f}s")
     assert rc == 2, text[-3000:] + err
-    assert seconds < 60
+    # it stops on the installer's failure line, not at --packer-timeout (600 s): 16 s on an idle machine,
+    # ~50 s with two TCG guests on 2 cores; the bound only has to tell the two apart
+    assert seconds < 240
     assert (f"the installer failed: {INSTALL_FAILED}: disk-os matched no disk "
             "(match: serial '*_NOTTHISDISK01')") in err
     packer_dir = out / "prometheus" / "packer"

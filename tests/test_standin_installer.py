@@ -271,7 +271,12 @@ def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, 
     assert not (tmp_path / "target").exists()  # a dry run writes nothing
     root_uuid = "UUID-of-/dev/sda2"
     grub_cfg = (tmp_path / "grub.cfg").read_text()
-    assert f"linux /boot/vmlinuz root=UUID={root_uuid} ro standin.installed\n" in grub_cfg
+    # the installed system is the stand-in image's files (unsquashfs from the medium), booting its own kernel
+    assert f"run: /usr/sbin/unsquashfs -f -n -d {tmp_path}/target {tmp_path}/cdrom/casper/standin-rootfs.squashfs" \
+        in text
+    assert text.index("unsquashfs") < text.index("STANDIN: fstab: ")  # unpacked before fstab and seed are written
+    assert f"linux /boot/vmlinuz-VERSION root=UUID={root_uuid} ro net.ifnames=1\n" in grub_cfg
+    assert "initrd /boot/initrd.img-VERSION\n" in grub_cfg
     assert "console=" not in grub_cfg  # no installer console arguments on the installed system
     if firmware == "uefi":
         assert f"run: cp {tmp_path}/cdrom/standin/bootx64.efi {tmp_path}/target/boot/efi/EFI/BOOT/BOOTX64.EFI" in text

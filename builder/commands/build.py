@@ -8,7 +8,15 @@ import sys
 from builder.commands.common import add_base_args, add_host_arg, add_out_arg, add_schema_arg, base_iso, context
 from builder.commands.packer import add_packer_args
 from builder.errors import BuilderError
-from builder.pipeline import SKIPPABLE, STAGES, BuildOptions, PackerOptions, StageResult, run_build
+from builder.pipeline import (
+    SKIPPABLE,
+    STAGES,
+    BuildOptions,
+    PackerOptions,
+    StageResult,
+    apply_standin_chain,
+    run_build,
+)
 from builder.summary import collect_artifacts, exit_code, summary_text, write_summary
 
 
@@ -32,6 +40,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                         packer=PackerOptions(accel=args.accel, timeout=args.packer_timeout))
     try:
         ctx = context(args, tools=True)  # the validate stage: model, render and validators, once
+        ctx = apply_standin_chain(ctx, opts.base, say=print)  # a stand-in base ISO: the harness model, said so
     except BuilderError as exc:
         results = [StageResult("validate", "failed", 0.0, exc.message.splitlines()[0], 2)]
         results += [StageResult(s, "not run", detail="an earlier stage failed") for s in STAGES[1:]]
@@ -45,6 +54,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     except OSError:
         arts = []
     print(summary_text(results, arts))
+    if ctx.chain is not None:
+        print(f"\n{ctx.chain.note()}")
     try:
         print(f"\nsummary: {write_summary(ctx.out, ctx.hostname, results, arts)}")
     except OSError as exc:

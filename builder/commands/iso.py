@@ -23,13 +23,18 @@ def register_standin_iso(group: argparse._SubParsersAction) -> None:
     si = group.add_parser("iso", help="STANDIN base ISO with the Ubuntu live-server layout, from Debian packages")
     si.add_argument("--out", type=Path, required=True, metavar="FILE", help="ISO file to write (must not exist)")
     si.add_argument("--pad-mib", type=int, default=0, metavar="N", help="add an N MiB filler file (benchmarks)")
+    si.add_argument("--no-system", action="store_true",
+                    help="leave out the system the stand-in installer installs (the stand-in image's files, built "
+                         "once as root with mmdebstrap); the installed disk then only boots the stand-in initrd")
     si.set_defaults(func=cmd_standin_iso)
 
 
 def cmd_iso(args: argparse.Namespace) -> int:
-    from builder.pipeline import stage_iso
+    from builder.pipeline import apply_standin_chain, stage_iso
 
-    result = stage_iso(context(args), base_iso(args))
+    base = base_iso(args)
+    ctx = apply_standin_chain(context(args), base, say=print)  # a stand-in base: the harness seed, said so
+    result = stage_iso(ctx, base)
     print(f"wrote {result.iso} ({result.iso.stat().st_size / (1 << 20):.1f} MiB, "
           f"remaster {result.remaster.seconds:.1f}s)")
     print(f"sha256 {result.sha256}")
@@ -45,6 +50,11 @@ def cmd_standin_iso(args: argparse.Namespace) -> int:
 
         raise BuilderError(f"--pad-mib {args.pad_mib}: expected a number >= 0")
     epoch = settings.source_date_epoch(1769126400)
-    out = build_standin_iso(args.out.absolute(), cache_dir(), epoch, pad_mib=args.pad_mib)
+    rootfs = None
+    if not args.no_system:
+        from builder.testbed.rootfs import standin_rootfs
+
+        rootfs = standin_rootfs(cache_dir())
+    out = build_standin_iso(args.out.absolute(), cache_dir(), epoch, pad_mib=args.pad_mib, rootfs=rootfs)
     print(f"wrote {out} (STAND-IN, not installable; {out.stat().st_size / (1 << 20):.1f} MiB)")
     return 0

@@ -31,9 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pxe(args: argparse.Namespace) -> int:
-    from builder.pipeline import PxeOptions, stage_pxe
+    from builder.pipeline import PxeOptions, apply_standin_chain, stage_pxe
 
-    bundle = stage_pxe(context(args), base_iso(args), PxeOptions(args.server, args.http_port, args.iso_url))
+    base = base_iso(args)
+    ctx = apply_standin_chain(context(args), base, say=print)  # a stand-in base: the harness seed, said so
+    bundle = stage_pxe(ctx, base, PxeOptions(args.server, args.http_port, args.iso_url))
     print(f"wrote {bundle}/")
     print("  BIOS PXE: boot/grub/i386-pc/core.0   UEFI PXE: boot/grub/x86_64-efi/core.efi   iPXE: boot.ipxe")
     print(f"  serve it: builder serve {bundle} --bind 0.0.0.0 --port {args.http_port}  (plus TFTP of the same folder)")

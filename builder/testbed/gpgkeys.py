@@ -28,7 +28,7 @@ class SigningKey:
     public_asc: Path  # armored public key, usable as an apt `signed-by` file
 
     def _env(self) -> dict[str, str]:
-        return {"GNUPGHOME": str(self.gnupghome)}
+        return gnupg_env(self.gnupghome)
 
     def sign_release(self, release: Path) -> None:
         """Write InRelease (clearsigned) and Release.gpg (detached) beside `release`."""
@@ -43,12 +43,28 @@ class SigningKey:
             stop_agent(self.gnupghome)
 
 
+def gnupg_env(home: Path) -> dict[str, str]:
+    """GNUPGHOME for gpg. The agent's socket lives in the home folder and a socket path may not exceed
+    ~107 bytes: a deep home (a test's BUILDER_CACHE) is reached through a short symlink in /tmp."""
+    home = Path(home).absolute()
+    if len(str(home)) <= 60:
+        return {"GNUPGHOME": str(home)}
+    import hashlib
+    import tempfile
+
+    link = Path(tempfile.gettempdir()) / f"builder-gnupg-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}"
+    if not (link.is_symlink() and Path(os.readlink(link)) == home):
+        link.unlink(missing_ok=True)
+        link.symlink_to(home, target_is_directory=True)
+    return {"GNUPGHOME": str(link)}
+
+
 def stop_agent(gnupghome: Path) -> None:
     """Stop the gpg-agent of `gnupghome` and wait until it is gone (it exits asynchronously)."""
     gpgconf = shutil.which("gpgconf")
     if gpgconf:
         with contextlib.suppress(BuilderError):
-            run([gpgconf, "--kill", "all"], env={"GNUPGHOME": str(gnupghome)}, check=False, timeout=20)
+            run([gpgconf, "--kill", "all"], env=gnupg_env(gnupghome), check=False, timeout=20)
     for sig in (0, signal.SIGTERM):
         if sig:
             for pid in _agent_pids(gnupghome):
@@ -94,7 +110,7 @@ def _make_key(directory: Path, uid: str) -> SigningKey:
         return SigningKey(home, fpr_file.read_text().strip(), asc)
     shutil.rmtree(directory, ignore_errors=True)
     home.mkdir(parents=True, mode=0o700)
-    env = {"GNUPGHOME": str(home)}
+    env = gnupg_env(home)
     try:
         run([gpg, "--batch", "--pinentry-mode", "loopback", "--passphrase", "",
              "--quick-gen-key", uid, "ed25519", "sign", "never"], env=env, timeout=60)

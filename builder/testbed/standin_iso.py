@@ -23,6 +23,7 @@ from builder.errors import BuilderError
 from builder.resources import resource
 from builder.run import require_tool, run
 from builder.store import cache_lock, staged_file
+from builder.testbed.rootfs import ROOTFS_NAME, standin_rootfs
 
 log = logging.getLogger("builder.testbed.standin_iso")
 
@@ -45,9 +46,10 @@ WANTED_MODULES = (
 )
 # Tools the stand-in installer partitions and formats with, copied from the build host (Debian) with
 # the shared libraries `ldd` names: (tool, Debian package).
-INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"))
+INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"),
+                 ("unsquashfs", "squashfs-tools"))
 STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg",
-                      "installed-efi.cfg", "installed-bios.cfg")
+                      "installed-efi.cfg", "installed-bios.cfg", "installed-status")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
     "search_label", "linux", "echo", "test", "serial", "terminal", "gzio", "ls", "cat", "sleep",
@@ -258,8 +260,12 @@ def write_md5sums(tree: Path, exclude: set[str]) -> None:
     (tree / "md5sum.txt").write_text("".join(lines))
 
 
-def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, overwrite: bool = False) -> Path:
-    """Build the stand-in ISO at `out` (atomically). `pad_mib` adds a filler file (benchmarks)."""
+def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, overwrite: bool = False,
+                      rootfs: Path | None = None) -> Path:
+    """Build the stand-in ISO at `out` (atomically). `pad_mib` adds a filler file (benchmarks).
+
+    `rootfs` (builder.testbed.rootfs) becomes /casper/standin-rootfs.squashfs: the system the stand-in
+    installer unpacks onto the root partition (without it, the installed system is the stand-in initrd)."""
     for tool, pkg in (("xorriso", "xorriso"), ("grub-mkimage", "grub-pc-bin"), ("mkfs.vfat", "dosfstools"),
                       ("mcopy", "mtools"), ("cpio", "cpio"), ("dpkg-deb", "dpkg")):
         require_tool(tool, pkg)
@@ -290,13 +296,15 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         _grub_image("i386-pc", GRUB_INSTALLED_BIOS_MODULES, tree / INSTALLED_BIOS_CORE, work,
                     config="installed-bios.cfg")
         shutil.copyfile("/usr/lib/grub/i386-pc/boot.img", tree / INSTALLED_BIOS_BOOT)
+        if rootfs is not None:
+            shutil.copyfile(rootfs, tree / "casper" / ROOTFS_NAME)
         if pad_mib:
             (tree / "pad").mkdir()
             with open(tree / "pad" / "filler.bin", "wb") as f:
                 block = bytes(range(256)) * 4096  # 1 MiB, not sparse
                 for _ in range(pad_mib):
                     f.write(block)
-        write_md5sums(tree, {"./boot/grub/i386-pc/eltorito.img"})
+        write_md5sums(tree, {"./boot/grub/i386-pc/eltorito.img", f"./casper/{ROOTFS_NAME}"})
         esp = work / "efi.img"
         build_esp(tree / "EFI" / "boot" / "bootx64.efi", esp, epoch)
         _set_tree_mtimes(tree, epoch)
@@ -329,10 +337,12 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
     for tool in install_tool_paths():  # the host's partitioning/formatting tools go into the initrd
         h.update(str(tool).encode() + tool.read_bytes())
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
+    rootfs = standin_rootfs(cache)  # the installed system: the stand-in image's files (cached by its key)
+    h.update(rootfs.name.encode())
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
     with cache_lock(cache, path.stem):
         if not path.exists():
-            build_standin_iso(path, cache, epoch)
+            build_standin_iso(path, cache, epoch, rootfs=rootfs)
     return path
 
 

@@ -1,0 +1,205 @@
+"""Verify a built disk image (`builder verify --target disk:PATH --identity KEY`; the verify stage of a build).
+
+The disk (Packer's output, qcow2 or raw) is booted as built: by its own firmware (the model's
+`host.firmware`: OVMF or SeaBIOS, no -kernel), on a copy-on-write overlay so the artifact stays
+untouched, on the bus the model names with the model's serial, beside its scratch disk (Packer's
+`<name>-1`), with the model's NICs, MACs and subnets and the harness services (signed APT
+repositories, the Atlas NFS stand-in) at `service_address(model)` inside SERVERS. Nothing is
+injected: the login is the admin with `--identity`, whose public half the model (as the disk was
+built from it) must list. Then the catalog runs over SSH as on every target; the report names the
+disk and its SHA-256. A disk that does not come up is an error with the serial log's last lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from builder import settings
+from builder.errors import BuilderError
+from builder.model import HostModel
+from builder.qemu import VmSpec, start_vm
+from builder.run import require_tool, run
+from builder.store import sha256_file
+from builder.verify.catalog import build_catalog, select
+from builder.verify.core import CheckResult, Context, Endpoints, run_checks
+from builder.verify.host import SshHost
+from builder.verify.report import Report
+from builder.verify.targets import Target, disk_target
+
+log = logging.getLogger("builder.verify.disk")
+
+DEFAULT_TIMEOUT = 900.0  # firmware + first boot (cloud-init's packages from the harness repositories) under TCG
+SERIAL_TAIL = 25
+
+
+@dataclass(frozen=True)
+class DiskImages:
+    os_disk: Path
+    os_format: str
+    scratch: Path | None
+    scratch_format: str | None
+
+
+def image_format(path: Path) -> str:
+    qemu_img = require_tool("qemu-img", "qemu-utils")
+    proc = run([qemu_img, "info", "--output=json", "-U", path], check=False, timeout=60)
+    if proc.returncode != 0:
+        err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+        raise BuilderError(f"not a disk image QEMU can read: {path} ({err[-1] if err else 'qemu-img info failed'})")
+    fmt = str(json.loads(proc.stdout)["format"])
+    if fmt not in ("qcow2", "raw"):
+        raise BuilderError(f"{path} is a {fmt} image; --target disk: takes qcow2 or raw")
+    return fmt
+
+
+def find_images(model: HostModel, path: Path) -> DiskImages:
+    """The OS disk and, when the model has a scratch disk, Packer's second disk beside it (`<name>-1`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuilderError(f"disk image not found: {path}",
+                           hint="the Packer output is <out>/<host>/packer/build/images/<host> (qcow2)")
+    scratch = None
+    if model.storage.scratch is not None:
+        cands = [path.with_name(path.name + "-1"), path.with_name(f"{path.stem}-1{path.suffix}")]
+        scratch = next((c for c in cands if c.is_file()), None)
+        if scratch is None:
+            raise BuilderError(f"the model has a scratch disk but no image of it is beside {path} "
+                               f"(looked for {', '.join(c.name for c in cands)})",
+                               hint="Packer writes the scratch disk as <name>-1 in the same folder")
+    return DiskImages(path, image_format(path), scratch, image_format(scratch) if scratch else None)
+
+
+def overlay(base: Path, fmt: str, out: Path) -> Path:
+    qemu_img = require_tool("qemu-img", "qemu-utils")
+    out.unlink(missing_ok=True)
+    run([qemu_img, "create", "-q", "-f", "qcow2", "-b", base.resolve(), "-F", fmt, out])
+    return out
+
+
+def disk_args(model: HostModel, os_overlay: Path, scratch_overlay: Path | None) -> list[str]:
+    """-device/-drive for each disk on its modelled bus with its serial, as the Packer VM had them."""
+    from builder.packer import qemu_disk_device
+
+    args = ["-device", "ahci,id=ahci0", "-device", "virtio-scsi-pci,id=scsi0",
+            "-drive", f"file={os_overlay},if=none,id=osdisk,format=qcow2,cache=unsafe",
+            "-device", f"{qemu_disk_device(model.storage.os_disk, 'os_disk')},drive=osdisk,bootindex=1"]
+    if scratch_overlay is not None and model.storage.scratch is not None:
+        args += ["-drive", f"file={scratch_overlay},if=none,id=scratch,format=qcow2,cache=unsafe",
+                 "-device", f"{qemu_disk_device(model.storage.scratch, 'scratch')},drive=scratch"]
+    return args
+
+
+def serial_tail(serial_log: Path, lines: int = SERIAL_TAIL) -> str:
+    try:
+        text = serial_log.read_text(errors="replace").replace("\r", "")
+    except OSError:
+        return "  (no serial output)"
+    tail = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return "\n".join(f"  | {ln}" for ln in tail) or "  (no serial output)"
+
+
+@contextlib.contextmanager
+def booted_disk(model: HostModel, images: DiskImages, workdir: Path, identity: Path, *,
+                timeout: float | None = None) -> Iterator[tuple[object, object]]:
+    """Start the harness services, boot the disk by its firmware, wait for SSH and cloud-init; yield (access, svc)."""
+    from builder.testbed.boot import NetPlan, nics_for
+    from builder.testbed.nfs import free_port
+    from builder.testbed.services import harness_services
+    from builder.verify.ssh import GuestAccess, ssh_run, wait_for_ssh
+
+    if timeout is None:
+        timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT
+    workdir.mkdir(parents=True, exist_ok=True)
+    os_ov = overlay(images.os_disk, images.os_format, workdir / "os-overlay.qcow2")
+    sc_ov = overlay(images.scratch, images.scratch_format or "raw", workdir / "scratch-overlay.qcow2") \
+        if images.scratch else None
+    serial_log = workdir / "serial.log"
+    serial_log.unlink(missing_ok=True)
+    try:
+        with harness_services(model, workdir / "services") as svc:
+            ports = NetPlan(free_port(), free_port())
+            fwds = svc.guestfwds()
+            spec = VmSpec(name=f"disk-{model.host.hostname}", serial_log=serial_log, firmware=model.host.firmware,
+                          memory_mb=1536, cpus=2, nics=nics_for(model, ports, fwds),
+                          extra=tuple(disk_args(model, os_ov, sc_ov)))
+            try:
+                with start_vm(spec, workdir) as vm:
+                    started = time.monotonic()
+                    access = GuestAccess(ssh_host="127.0.0.1", ssh_port=ports.ssh_port,
+                                         servers_ssh_port=ports.servers_ssh_port, user=model.admin.name,
+                                         identity_file=Path(identity), serial_log=serial_log, timings={},
+                                         nfs=svc.nfs, vm=vm)
+                    try:
+                        wait_for_ssh(access, timeout=timeout)
+                    except BuilderError as exc:
+                        raise BuilderError(
+                            f"the disk {images.os_disk} did not come up: no SSH login as {model.admin.name} within "
+                            f"{timeout:.0f}s ({exc.message.splitlines()[0]}); the serial log's last lines:\n"
+                            f"{serial_tail(serial_log)}",
+                            hint=f"the whole console: {serial_log}" if serial_log.exists() else None) from None
+                    access.timings["ssh_ready"] = round(time.monotonic() - started, 1)
+                    remaining = max(60.0, timeout - (time.monotonic() - started))
+                    proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
+                    access.timings["cloud_init_done"] = round(time.monotonic() - started, 1)
+                    status = [ln for ln in (proc.stdout or "").splitlines() if ln.strip(". ")]
+                    log.info("cloud-init on the disk: %s", "; ".join(status[:2]))
+                    yield access, svc
+            finally:
+                for fwd in fwds:
+                    fwd.reap_helpers()
+    finally:
+        for p in (os_ov, sc_ov):
+            if p is not None:
+                p.unlink(missing_ok=True)
+
+
+def preflight_disk(model: HostModel, path: Path, identity: Path) -> DiskImages:
+    """Every input problem before anything boots or is written: the images, their formats, the key."""
+    from builder.verify.live import check_identity_in_model
+
+    images = find_images(model, path)
+    check_identity_in_model(model, model.admin, Path(identity))
+    return images
+
+
+def verify_disk(
+    model: HostModel, target: Target, identity: Path, workdir: Path, *, only: list[str] | None = None,
+    on_result: Callable[[CheckResult], None] | None = None, started: float | None = None,
+    boot_timeout: float | None = None, notes: tuple[str, ...] = (),
+) -> tuple[Report, Path]:
+    """Boot the disk of `target`, run the catalog; return the Report (target with the SHA-256) and the serial log."""
+    if target.kind != "disk" or target.path is None:
+        raise BuilderError(f"verify_disk needs a disk target, not {target.kind}")
+    t0 = time.monotonic()
+    images = preflight_disk(model, target.path, identity)
+    digest = sha256_file(images.os_disk)
+    target = disk_target(images.os_disk.absolute(), digest)
+    timings: dict[str, float] = {"hashed": round(time.monotonic() - t0, 1)}
+    with booted_disk(model, images, workdir, identity, timeout=boot_timeout) as (access, _svc):
+        for k, v in access.timings.items():  # type: ignore[attr-defined]
+            timings[k] = round(timings["hashed"] + v, 1)
+        host = SshHost(access)
+        try:
+            t = time.monotonic()
+            ctx = Context(host, model, Endpoints.from_access(access), target=target)
+            results = run_checks(select(build_catalog(model), only), ctx, on_result)
+            timings["checks_seconds"] = round(time.monotonic() - t, 1)
+        finally:
+            host.close()
+        serial = access.serial_log  # type: ignore[attr-defined]
+        keep = workdir / "serial-copy.log"
+        keep.write_bytes(Path(serial).read_bytes())
+    if started is not None:
+        timings["checks_done"] = round(time.monotonic() - started, 1)
+    fw = "OVMF (UEFI)" if model.host.firmware == "uefi" else "SeaBIOS"
+    reached = (f"{model.admin.name}@127.0.0.1 (MGMT forward) on the disk {images.os_disk} booted by {fw}, "
+               f"sha256 {digest}")
+    report = Report(model.host.hostname, reached, tuple(results), timings, str(keep), notes=notes,
+                    target_info=replace(target))
+    return report, keep
