@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder import settings
@@ -124,6 +124,53 @@ def wait_milestones(vm: RunningVm, timeout: float, started: float) -> dict[str, 
     return timings
 
 
+class GuestPower:
+    """The running stand-in's power switch: `reboot()` powers it off cleanly (`systemctl poweroff`
+    over SSH; QEMU runs with -no-reboot, so it exits) and boots it again on the same overlay disk,
+    seed, NICs, forwarded ports and harness services. A later boot runs no first-boot commands
+    (cloud-init's per-instance modules are done), so what it shows is what persists."""
+
+    def __init__(self, spec: VmSpec, workdir: Path, stack: contextlib.ExitStack, access: GuestAccess,
+                 guestfwds: tuple[GuestFwd, ...], timeout: float) -> None:
+        self.spec, self.workdir, self.stack = spec, workdir, stack
+        self.access = access
+        self.guestfwds = guestfwds
+        self.timeout = timeout
+        self.boot = 1  # the number of the boot the guest is in now
+
+    def poweroff(self, timeout: float = 240.0) -> float:
+        """Sync and power off through systemd; wait (bounded) for QEMU to exit; seconds taken."""
+        from builder.verify.ssh import ssh_run
+
+        vm: RunningVm = self.access.vm
+        t0 = time.monotonic()
+        # The SSH session dies with the guest: its exit status is not the poweroff's.
+        ssh_run(self.access, "sync && sudo -n systemctl poweroff", timeout=30)
+        try:
+            vm.wait(timeout)
+        finally:
+            vm.stop()
+            for fwd in self.guestfwds:
+                fwd.reap_helpers()
+        return round(time.monotonic() - t0, 1)
+
+    def reboot(self) -> GuestAccess:
+        """Power off, boot again; wait for cloud-init's final message and SSH; the new GuestAccess."""
+        down = self.poweroff()
+        self.boot += 1
+        spec = replace(self.spec, serial_log=self.workdir / f"serial-boot{self.boot}.log")
+        spec.serial_log.unlink(missing_ok=True)
+        vm = self.stack.enter_context(start_vm(spec, self.workdir))
+        started = time.monotonic()
+        timings = {"poweroff": down, **wait_milestones(vm, self.timeout, started)}
+        access = replace(self.access, serial_log=spec.serial_log, timings=timings, vm=vm)
+        wait_for_ssh(access, timeout=min(max(30.0, self.timeout - (time.monotonic() - started)), 180.0))
+        timings["ssh_ready"] = round(time.monotonic() - started, 1)
+        log.info("guest up again (boot %d): %s", self.boot, timings)
+        self.access = access
+        return access
+
+
 @contextlib.contextmanager
 def booted_guest(
     model: HostModel,
@@ -137,7 +184,9 @@ def booted_guest(
     timeout: float | None = None,
     keep: bool = False,
 ) -> Iterator[GuestAccess]:
-    """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess."""
+    """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess.
+
+    `access.power` (a GuestPower) boots the same machine again: `access.power.reboot()`."""
     if timeout is None:
         timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT)
         assert timeout is not None
@@ -150,7 +199,8 @@ def booted_guest(
     ports = NetPlan(free_port(), free_port())
     spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds))
     try:
-        with start_vm(spec, workdir) as vm:
+        with contextlib.ExitStack() as stack:
+            vm = stack.enter_context(start_vm(spec, workdir))
             started = time.monotonic()
             timings = wait_milestones(vm, timeout, started)
             access = GuestAccess(
@@ -162,6 +212,9 @@ def booted_guest(
             wait_for_ssh(access, timeout=min(remaining, 180.0))
             timings["ssh_ready"] = round(time.monotonic() - started, 1)
             log.info("guest ready: %s", timings)
+            power = GuestPower(spec, workdir, stack, access, guestfwds, timeout)
+            access = replace(access, power=power)
+            power.access = access
             yield access
     finally:
         for fwd in guestfwds:

@@ -40,6 +40,7 @@ class GuestAccess:
     # Optional handles for fault tests and diagnostics (None when not booted by booted_guest):
     nfs: ServiceControl | None = None  # stop()/start() the Atlas NFS stand-in
     vm: Any = None  # builder.qemu.RunningVm: serial_text(), wait_for_text()
+    power: Any = None  # builder.testbed.boot.GuestPower: reboot() boots the same machine again
 
 
 SSH_OPTIONS = (
