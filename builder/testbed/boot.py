@@ -26,6 +26,7 @@ from builder.model import HostModel
 from builder.qemu import Drive, Nic, RunningVm, VmSpec, start_vm
 from builder.run import require_tool, run
 from builder.testbed.image import StandinImage
+from builder.testbed.mgmtnet import RoutedMgmt
 from builder.testbed.nfs import free_port
 from builder.testbed.services import GuestFwd
 from builder.verify.ssh import GuestAccess, ServiceControl, wait_for_ssh
@@ -65,8 +66,10 @@ class NetPlan:
     servers_ssh_port: int
 
 
-def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tuple[Nic, Nic]:
-    """Two user-mode networks matching the model's SERVERS and MGMT networks (SERVERS is NIC 1)."""
+def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...],
+             mgmt_net: RoutedMgmt | None = None) -> tuple[Nic, Nic]:
+    """Two user-mode networks matching the model's SERVERS and MGMT networks (SERVERS is NIC 1);
+    with `mgmt_net`, MGMT is a routed network in namespaces instead (builder.testbed.mgmtnet)."""
     srv, mgmt = model.servers, model.mgmt
     if not srv.ip or not mgmt.ip:
         raise BuilderError("the first-boot test needs the SERVERS reserved_address and the MGMT address",
@@ -81,6 +84,9 @@ def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tu
         srv_opts.append(f"dhcpstart={srv.reserved_address}")
     srv_opts.append(f"hostfwd=tcp:127.0.0.1:{ports.servers_ssh_port}-{srv.ip}:{model.ssh.port}")
     srv_opts += [f.netdev_option() for f in fwds]
+    if mgmt_net is not None:
+        return (Nic("servers", ",".join(srv_opts), mac=srv.mac.lower()),
+                Nic("mgmt", mgmt_net.netdev(), mac=mgmt.mac.lower(), backend="dgram"))
     mgmt_opts = [f"net={mgmt.subnet}", "restrict=on"]
     if mgmt.gateway:
         mgmt_opts.append(f"host={mgmt.gateway}")
@@ -183,10 +189,12 @@ def booted_guest(
     nfs: ServiceControl | None = None,
     timeout: float | None = None,
     keep: bool = False,
+    mgmt_net: RoutedMgmt | None = None,
 ) -> Iterator[GuestAccess]:
     """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess.
 
-    `access.power` (a GuestPower) boots the same machine again: `access.power.reboot()`."""
+    `access.power` (a GuestPower) boots the same machine again: `access.power.reboot()`.
+    `mgmt_net`: MGMT is a routed network (mgmtnet.routed_mgmt); SSH goes from its router namespace."""
     if timeout is None:
         timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT)
         assert timeout is not None
@@ -197,16 +205,19 @@ def booted_guest(
     serial_log = workdir / "serial.log"
     serial_log.unlink(missing_ok=True)
     ports = NetPlan(free_port(), free_port())
-    spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds))
+    spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds, mgmt_net))
+    # With a routed MGMT there is no forward: SSH goes to the MGMT address from the router namespace.
+    ssh_at = (model.mgmt.ip, model.ssh.port, mgmt_net.proxy_command()) if mgmt_net and model.mgmt.ip else \
+        ("127.0.0.1", ports.ssh_port, None)
     try:
         with contextlib.ExitStack() as stack:
             vm = stack.enter_context(start_vm(spec, workdir))
             started = time.monotonic()
             timings = wait_milestones(vm, timeout, started)
             access = GuestAccess(
-                ssh_host="127.0.0.1", ssh_port=ports.ssh_port, servers_ssh_port=ports.servers_ssh_port,
+                ssh_host=ssh_at[0], ssh_port=ssh_at[1], servers_ssh_port=ports.servers_ssh_port,
                 user=model.admin.name, identity_file=identity_file, serial_log=serial_log,
-                timings=timings, nfs=nfs, vm=vm,
+                timings=timings, nfs=nfs, vm=vm, proxy_command=ssh_at[2],
             )
             remaining = max(30.0, timeout - (time.monotonic() - started))
             wait_for_ssh(access, timeout=min(remaining, 180.0))

@@ -45,6 +45,7 @@ class Session:
     services: Any  # builder.testbed.services.HarnessServices
     extra_key: str
     timings: dict[str, float] = field(default_factory=dict)
+    mgmt_net: Any = None  # builder.testbed.mgmtnet.RoutedMgmt when MGMT is a routed network
 
     _host: SshHost | None = None
 
@@ -159,12 +160,15 @@ def render_seed(model: Any, dest: Path) -> Path:
 def guest_session(
     model: Any, workdir: Path, *, seed: Path | None = None, image: Path | None = None, keep: bool = False,
     boot_timeout: float | None = None, atlas_running: bool = True, atlas_name: str | None = None,
+    routed_mgmt: bool = False,
 ) -> Iterator[Session]:
     """`atlas_running=False`: the NFS stand-in is not started (the test starts it with
     `access.nfs.start()`); `atlas_name`: the guest is told Atlas by this name instead of the
-    harness address (a name nothing resolves makes Atlas unresolvable)."""
+    harness address (a name nothing resolves makes Atlas unresolvable); `routed_mgmt`: MGMT is a
+    routed network in namespaces (`session.mgmt_net`, builder.testbed.mgmtnet) instead of a forward."""
     from builder.testbed.boot import booted_guest
     from builder.testbed.image import build_image
+    from builder.testbed.mgmtnet import routed_mgmt as routed_mgmt_net
     from builder.testbed.services import harness_model, harness_services
     from builder.verify.ssh import generate_keypair
 
@@ -173,7 +177,8 @@ def guest_session(
     stand_in = image_from_file(image) if image else build_image()
     timings["image_ready"] = round(time.monotonic() - t0, 1)
     key, pub = generate_keypair(workdir / "ssh")
-    with harness_services(model, workdir / "services", nfs_running=atlas_running) as svc:
+    with contextlib.ExitStack() as stack, \
+            harness_services(model, workdir / "services", nfs_running=atlas_running) as svc:
         tmodel = harness_model(model, svc, extra_ssh_key=pub, atlas_name=atlas_name)
         seed_dir = workdir / "seed"
         shutil.rmtree(seed_dir, ignore_errors=True)
@@ -183,12 +188,14 @@ def guest_session(
             render_seed(tmodel, seed_dir)
         timings["services_ready"] = round(time.monotonic() - t0, 1)
         kwargs = {"timeout": boot_timeout} if boot_timeout else {}
+        mgmt_net = stack.enter_context(routed_mgmt_net(tmodel, workdir / "mgmt")) if routed_mgmt else None
         with booted_guest(tmodel, seed_dir, stand_in, workdir / "boot", identity_file=key,
-                          guestfwds=svc.guestfwds(), nfs=svc.nfs, keep=keep, **kwargs) as access:
+                          guestfwds=svc.guestfwds(), nfs=svc.nfs, keep=keep, mgmt_net=mgmt_net,
+                          **kwargs) as access:
             booted = timings["services_ready"]
             for k, v in access.timings.items():
                 timings[k] = round(booted + v, 1)
-            session = Session(tmodel, access, svc, pub, timings)
+            session = Session(tmodel, access, svc, pub, timings, mgmt_net=mgmt_net)
             try:
                 yield session
             finally:
