@@ -252,3 +252,10 @@ def test_nfs_server_down_fails(session) -> None:  # noqa: ANN001
         assert_fails(res, f"nfs.access:{mp}", "NFS server down")
     finally:
         nfs.start()
+    # Undo fully: the hard mounts recover by themselves once Atlas answers (an NFS retransmit is
+    # timeo=600, 60 s), and later tests on the shared guest need them answering.
+    ids = tuple(f"nfs.mounted:{m.mountpoint}" for m in session.model.nfs.mounts)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and any(r.status != "pass" for r in checks(session, *ids).values()):
+        time.sleep(5)
+    assert_pass(checks(session, *ids))
