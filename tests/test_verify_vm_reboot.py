@@ -74,7 +74,9 @@ def test_second_boot_section_passes_for_the_default_model(session, tmp_path: Pat
         assert not failed, failed
         for cid, msg in gaps.items():
             assert STANDIN_GAPS[cid] in msg, (cid, msg)
-    for k in ("poweroff", "boot_to_login", "cloud_init_done", "ssh_ready", "settled", "checks_seconds"):
+    # (boot_to_login is there only when the login prompt reached the console before cloud-init's
+    # final message: on a later boot they race.)
+    for k in ("poweroff", "cloud_init_done", "ssh_ready", "settled", "checks_seconds"):
         assert k in boot2.timings, boot2.timings
     # A new console log for the new boot; the first boot's stays as it was.
     assert boot2.serial_log and Path(boot2.serial_log) != first_serial
