@@ -225,6 +225,7 @@ class VerifyOptions:
     keep: bool = False
     only: tuple[str, ...] | None = None
     boot_timeout: float | None = None
+    second_boot: bool = True  # power off and boot the same disk again, re-running SECOND_BOOT_CHECKS
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def stage_verify(ctx: BuildContext, opts: VerifyOptions,
 
     from builder.seed.artifacts import write_seed
     from builder.verify.report import write_report
-    from builder.verify.session import guest_session, image_from_file, seed_source, verify_session
+    from builder.verify.session import guest_session, image_from_file, seed_source, verify_boots
 
     started = time.monotonic()
     if opts.seed:  # bad inputs fail before anything is created under --out
@@ -263,9 +264,13 @@ def stage_verify(ctx: BuildContext, opts: VerifyOptions,
         with guest_session(ctx.model, work, seed=seed, image=opts.image.absolute() if opts.image else None,
                            keep=opts.keep, boot_timeout=opts.boot_timeout) as session:
             _stderr(f"builder: guest up {session.timings}; running checks")
-            report = verify_session(session, only=list(opts.only) if opts.only else None, on_result=on_result,
-                                    started=started)
-            out = write_report(report, host_dir / "verify", serial_log=Path(session.access.serial_log))
+            report = verify_boots(session, only=list(opts.only) if opts.only else None, on_result=on_result,
+                                  started=started, second_boot=opts.second_boot,
+                                  before_reboot=lambda _s: _stderr("builder: first boot checked; powering off "
+                                                                   "and booting the same disk again..."))
+            # the first boot's console; a second boot's is copied beside it (serial-boot2.log)
+            out = write_report(report, host_dir / "verify",
+                               serial_log=Path(report.serial_log) if report.serial_log else None)
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)

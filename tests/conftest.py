@@ -104,6 +104,8 @@ def verify_guest_session(firstboot_image, tmp_path_factory):
     A builder.verify.session.Session (model as the guest sees it, .access, .services, .host).
     Read-only tests run first (test_firstboot_vm sorts before test_verify_vm); fault tests undo
     their faults. Use this instead of booting again: CI's VM budget has room for one boot.
+    test_verify_vm_reboot.py (sorted after test_verify_vm.py) reboots it twice at the end: the second
+    boot's checks, then a fault only a later boot shows.
     """
     from builder.model import load_model
     from builder.verify.session import guest_session
