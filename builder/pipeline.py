@@ -300,10 +300,11 @@ def stage_verify_disk(ctx: BuildContext, disk: Path, identity: Path, opts: Verif
     work = Path(tempfile.mkdtemp(prefix=".verify-disk-", dir=ctx.host_dir))
     notes = (ctx.chain.note(),) if ctx.chain is not None else ()
     try:
-        _stderr(f"builder: booting the disk {disk} by its firmware ({ctx.model.host.firmware}; TCG: 2-6 min)...")
+        again = ", then once more for the second-boot checks" if opts.second_boot else ""
+        _stderr(f"builder: booting the disk {disk} by its firmware ({ctx.model.host.firmware}; TCG: 2-6 min){again}...")
         report, serial = verify_disk(ctx.model, disk_target(disk), identity, work, only=list(opts.only) if opts.only
                                      else None, on_result=on_result, started=started,
-                                     boot_timeout=opts.boot_timeout, notes=notes)
+                                     boot_timeout=opts.boot_timeout, notes=notes, second_boot=opts.second_boot)
         out = write_report(report, ctx.host_dir / "verify", serial_log=serial)
     finally:
         shutil.rmtree(work, ignore_errors=True)

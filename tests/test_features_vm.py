@@ -6,54 +6,33 @@ qemu-system-x86, qemu-utils, libvirt-daemon-system and libvirt-clients (builder.
 Shown here: node exporter answers on the SERVERS address and nowhere else, the listener audit
 passes, every feature check passes and can fail, and the host-health textfile metrics follow the
 host when an NFS mount stops answering and when the scratch filesystem fills past the threshold.
-Its own boot (the default model's shared boot has the features off). The NFS fault comes last.
+The boot is the session's variant boot (tests/conftest.py `variant_guest`: the default model with both
+features on; its first boot had Atlas down and its MGMT is routed). The NFS fault comes last.
 """
 
 from __future__ import annotations
 
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 
 import pytest
-import yaml
 
 from builder.seed import features as feat
 from builder.verify.catalog import build_catalog
 from builder.verify.checks_features import HEALTH_FILE, fetch_command, parse_metrics
 from builder.verify.core import CheckResult, run_checks
-from tests.conftest import REPO, default_model_data
+from tests.conftest import restore_atlas
 
 pytestmark = pytest.mark.vm
 
 FEATURE_PREFIXES = ("monitoring.", "virt.", "net.listeners", "health.nfs-mounts", "health.scratch-pressure")
-INTERVAL = 10  # host-health timer period in this boot (the model's minimum), so changes show quickly
-PROBE = 5  # seconds an NFS mount may take (2 s flaked with two TCG guests and a 1.7 GiB fallocate at once)
-
-
-def features_model_data() -> dict:
-    data = default_model_data()
-    data["features"]["virtualization"]["enabled"] = True
-    data["features"]["monitoring"].update(enabled=True, node_exporter=True, dcgm_exporter=False,
-                                          health_interval_seconds=INTERVAL, probe_timeout_seconds=PROBE)
-    return data
 
 
 @pytest.fixture(scope="module")
-def session(firstboot_image, tmp_path_factory):  # noqa: ANN001
-    from builder.model import load_model
-    from builder.verify.session import guest_session
-
-    hosts = tmp_path_factory.mktemp("features-model") / "hosts"
-    shutil.copytree(REPO / "hosts", hosts)
-    path = hosts / "features.yaml"
-    path.write_text(yaml.safe_dump(features_model_data(), sort_keys=False))
-    started = time.monotonic()
-    with guest_session(load_model(path), tmp_path_factory.mktemp("features-guest")) as s:
-        print(f"features boot ready in {time.monotonic() - started:.0f}s: {s.timings}")
-        yield s
-        print(f"features VM test total {time.monotonic() - started:.0f}s")
+def session(variant_guest):  # noqa: ANN001
+    restore_atlas(variant_guest)  # the variant boot starts with Atlas down (tests/test_atlas_down_vm.py)
+    return variant_guest
 
 
 def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001

@@ -5,12 +5,12 @@ through it. The client's SSH works only because replies from the MGMT address le
 gateway (source policy routing); without the rule (as rendered before issue 10) they leave via
 SERVERS' default route and the client never gets an answer.
 
-Its own boot: the shared one has MGMT on a QEMU port forward, which hides routing entirely.
+The boot is the session's variant boot (tests/conftest.py `variant_guest`), whose MGMT is routed;
+the default shared boot has MGMT on a QEMU port forward, which hides routing entirely.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import replace
 
@@ -19,20 +19,14 @@ import pytest
 from builder.run import run
 from builder.testbed.mgmtnet import CLIENT_IP
 from builder.verify.ssh import ssh_command
-from tests.conftest import DEFAULT_MODEL
 
 pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def routed(firstboot_image, tmp_path_factory):  # noqa: ANN001
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 (ip) missing")
-    from builder.model import load_model
-    from builder.verify.session import guest_session
-
-    with guest_session(load_model(DEFAULT_MODEL), tmp_path_factory.mktemp("routed"), routed_mgmt=True) as s:
-        yield s
+def routed(variant_guest):  # noqa: ANN001
+    assert variant_guest.mgmt_net is not None
+    return variant_guest
 
 
 def client_ssh(s, cmd: str) -> subprocess.CompletedProcess[bytes]:  # noqa: ANN001

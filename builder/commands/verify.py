@@ -98,7 +98,8 @@ def _verify_disk(args: argparse.Namespace, ctx: BuildContext, target: Target, st
         # a disk of the offline stand-in chain: it was built from the harness model, so it is judged against it
         print(f"builder: {chain.note()}", file=sys.stderr)
         ctx = dataclasses.replace(ctx, model=chain.model, chain=chain)
-    opts = VerifyOptions(only=tuple(args.only) if args.only else None, boot_timeout=args.boot_timeout)
+    opts = VerifyOptions(only=tuple(args.only) if args.only else None, boot_timeout=args.boot_timeout,
+                         second_boot=args.second_boot)
     result = stage_verify_disk(ctx, target.path.absolute(), args.identity.absolute(), opts, on_result=_progress)
     out = result.report_dir
     print(render_table(result.report, width=shutil.get_terminal_size((120, 20)).columns))

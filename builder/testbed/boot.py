@@ -161,20 +161,26 @@ class GuestPower:
         return round(time.monotonic() - t0, 1)
 
     def reboot(self) -> GuestAccess:
-        """Power off, boot again; wait for cloud-init's final message and SSH; the new GuestAccess."""
+        """Power off, boot again; wait until the guest is up (`wait_up`); the new GuestAccess."""
         down = self.poweroff()
         self.boot += 1
         spec = replace(self.spec, serial_log=self.workdir / f"serial-boot{self.boot}.log")
         spec.serial_log.unlink(missing_ok=True)
         vm = self.stack.enter_context(start_vm(spec, self.workdir))
         started = time.monotonic()
-        timings = {"poweroff": down, **wait_milestones(vm, self.timeout, started)}
-        access = replace(self.access, serial_log=spec.serial_log, timings=timings, vm=vm)
-        wait_for_ssh(access, timeout=min(max(30.0, self.timeout - (time.monotonic() - started)), 180.0))
-        timings["ssh_ready"] = round(time.monotonic() - started, 1)
-        log.info("guest up again (boot %d): %s", self.boot, timings)
+        access = replace(self.access, serial_log=spec.serial_log, timings={"poweroff": down}, vm=vm)
+        access.timings.update(self.wait_up(vm, access, started))
+        log.info("guest up again (boot %d): %s", self.boot, access.timings)
         self.access = access
         return access
+
+    def wait_up(self, vm: RunningVm, access: GuestAccess, started: float) -> dict[str, float]:
+        """The stand-in's console shows cloud-init's final message (direct kernel boot with a serial
+        console); then SSH. Seconds since `started` per milestone."""
+        timings = wait_milestones(vm, self.timeout, started)
+        wait_for_ssh(access, timeout=min(max(30.0, self.timeout - (time.monotonic() - started)), 180.0))
+        timings["ssh_ready"] = round(time.monotonic() - started, 1)
+        return timings
 
 
 @contextlib.contextmanager
