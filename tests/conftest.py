@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,8 +112,8 @@ def verify_guest_session(firstboot_image, tmp_path_factory):
     from builder.verify.session import guest_session
 
     workdir = tmp_path_factory.mktemp("guest")
-    with guest_session(load_model(DEFAULT_MODEL), workdir) as s:
-        yield s
+    with early_close("shared-guest") as stack:
+        yield stack.enter_context(guest_session(load_model(DEFAULT_MODEL), workdir))
 
 
 @pytest.fixture(scope="session")
@@ -176,9 +177,10 @@ def variant_guest(firstboot_image, tmp_path_factory):  # noqa: ANN001
     shutil.copytree(REPO / "hosts", hosts)
     path = hosts / "variant.yaml"
     path.write_text(yaml.safe_dump(variant_model_data(), sort_keys=False))
-    with guest_session(load_model(path), tmp_path_factory.mktemp("variant-guest"), atlas_running=False,
-                       atlas_name=VARIANT_ATLAS_NAME, boot_timeout=VARIANT_FIRST_BOOT_LIMIT,
-                       routed_mgmt=True) as s:
+    with early_close("variant-guest") as stack:
+        s = stack.enter_context(guest_session(load_model(path), tmp_path_factory.mktemp("variant-guest"),
+                                              atlas_running=False, atlas_name=VARIANT_ATLAS_NAME,
+                                              boot_timeout=VARIANT_FIRST_BOOT_LIMIT, routed_mgmt=True))
         print(f"variant boot (features on, Atlas down, MGMT routed) ready: {s.timings}")
         yield s
 
@@ -211,15 +213,51 @@ def restore_atlas(session: Any, timeout: float = 240) -> float:
 
 SHARED_BOOT_FIXTURES = {"verify_guest_session", "firstboot_guest"}
 VARIANT_BOOT_FIXTURES = {"variant_guest"}
+EARLY_CLOSE: dict[str, contextlib.ExitStack] = {}  # boot group -> the guest's context, closed after its last test
+
+
+@contextlib.contextmanager
+def early_close(group: str) -> Iterator[contextlib.ExitStack]:
+    """The ExitStack a session-scoped guest lives in: closed by `pytest_runtest_teardown` once the
+    group's last test is done (tests are sorted by group), else at the end of the session."""
+    with contextlib.ExitStack() as stack:
+        EARLY_CLOSE[group] = stack
+        try:
+            yield stack
+        finally:
+            EARLY_CLOSE.pop(group, None)
+
+
+def boot_group(item: pytest.Item) -> str | None:
+    """The boot a VM test runs on: "shared-guest", "variant-guest", or its module's own; None if not a VM test."""
+    if item.get_closest_marker("vm") is None:
+        return None
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SHARED_BOOT_FIXTURES:
+        return "shared-guest"
+    if names & VARIANT_BOOT_FIXTURES:
+        return "variant-guest"
+    module = getattr(item, "module", None)
+    return module.__name__ if module is not None else "vm"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tests of one boot on one xdist worker: every test of the shared guest in one group,
-    the other VM tests grouped by module (their boots are module-scoped fixtures)."""
+    """Keep the tests of one boot together: on one xdist worker (an xdist_group per boot: the shared
+    guests by fixture, the other VM tests by module, whose boots are module-scoped) and, for a serial
+    run, next to each other (stable: file order inside a group, groups in order of first appearance),
+    so that a session-scoped guest can be powered off as soon as its last test is done (`early_close`)."""
+    order: dict[str | None, int] = {}
     for item in items:
-        if item.get_closest_marker("vm") is None:
-            continue
-        names = set(getattr(item, "fixturenames", ()))
-        group = ("shared-guest" if names & SHARED_BOOT_FIXTURES else "variant-guest" if names & VARIANT_BOOT_FIXTURES
-                 else item.module.__name__ if item.module else "vm")
-        item.add_marker(pytest.mark.xdist_group(group))
+        group = boot_group(item)
+        order.setdefault(group, len(order))
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda it: order[boot_group(it)])
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A shared guest idles at full TCG cost until the session ends: power it off after its last test."""
+    group = boot_group(item)
+    if group in EARLY_CLOSE and (nextitem is None or boot_group(nextitem) != group):
+        EARLY_CLOSE.pop(group).close()
