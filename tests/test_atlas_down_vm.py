@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from builder.verify.catalog import build_catalog
-from builder.verify.core import CheckResult, run_checks
 from tests.conftest import VARIANT_ATLAS_NAME, VARIANT_FIRST_BOOT_LIMIT, restore_atlas
+from tests.guest import checks_prefixed, sudo
 
 pytestmark = pytest.mark.vm
 
@@ -32,15 +31,6 @@ def down(variant_guest):  # noqa: ANN001
     return variant_guest
 
 
-def sudo(s, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
-    r = s.host.sudo(cmd, timeout)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
-
-
-def run(s, *prefixes: str) -> dict[str, CheckResult]:  # noqa: ANN001
-    chosen = [c for c in build_catalog(s.model) if c.id.startswith(prefixes)]
-    return {r.check.id: r for r in run_checks(chosen, s.context())}
 
 
 def nfs_mounted(s) -> set[str]:  # noqa: ANN001
@@ -55,7 +45,7 @@ def test_first_boot_finishes_without_atlas(down) -> None:  # noqa: ANN001
     assert down.access.timings["cloud_init_done"] <= VARIANT_FIRST_BOOT_LIMIT, down.access.timings
     # The name really is unresolvable on the guest, and nothing answers NFS.
     assert down.host.run(f"getent ahosts {VARIANT_ATLAS_NAME}", 30).rc != 0
-    res = run(down, *FIRST_BOOT_IDS)
+    res = checks_prefixed(down, *FIRST_BOOT_IDS)
     assert any(k.startswith("users.") for k in res) and "ssh.sshd-effective" in res
     bad = {k: r.outcome.message for k, r in res.items() if r.status != "pass"}
     assert not bad, bad
@@ -81,6 +71,6 @@ def test_mounts_and_docker_come_up_once_atlas_answers(down) -> None:  # noqa: AN
     took = restore_atlas(down, RECOVERY_LIMIT)
     print(f"mounts and Docker up {took}s after Atlas answered")
     assert down.host.run(f"systemctl show -p SubState --value {ATLAS_UNIT}", 30).stdout.strip() == "exited"
-    res = run(down, "nfs.", "docker.requires-mounts", "health.nfs-mounts")
+    res = checks_prefixed(down, "nfs.", "docker.requires-mounts", "health.nfs-mounts")
     bad = {k: r.outcome.message for k, r in res.items() if r.status != "pass"}
     assert not bad, bad

@@ -19,10 +19,10 @@ from collections.abc import Callable
 import pytest
 
 from builder.seed import features as feat
-from builder.verify.catalog import build_catalog
 from builder.verify.checks_features import HEALTH_FILE, fetch_command, parse_metrics
-from builder.verify.core import CheckResult, run_checks
+from builder.verify.core import CheckResult
 from tests.conftest import restore_atlas
+from tests.guest import checks_prefixed, sudo
 
 pytestmark = pytest.mark.vm
 
@@ -35,16 +35,6 @@ def session(variant_guest):  # noqa: ANN001
     return variant_guest
 
 
-def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
-    r = session.host.sudo(cmd, timeout)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
-
-
-def checks(session, *prefixes: str) -> dict[str, CheckResult]:  # noqa: ANN001
-    chosen = [c for c in build_catalog(session.model) if c.id.startswith(prefixes)]
-    assert chosen, prefixes
-    return {r.check.id: r for r in run_checks(chosen, session.context())}
 
 
 def status(results: dict[str, CheckResult]) -> dict[str, str]:
@@ -76,7 +66,7 @@ def wait_metrics(session, pred: Callable[[dict], bool], what: str, timeout: floa
 
 
 def test_every_feature_check_passes_and_nothing_new_listens(session) -> None:  # noqa: ANN001
-    res = checks(session, *FEATURE_PREFIXES)
+    res = checks_prefixed(session, *FEATURE_PREFIXES)
     print("\n".join(f"{k}: {v}" for k, v in status(res).items()))
     assert {"monitoring.node-exporter", "monitoring.host-health", "monitoring.alert-rules", "virt.hook",
             "virt.policy", "virt.default-network", "virt.admin-libvirt-group", "net.listeners"} <= set(res)
@@ -138,13 +128,13 @@ def test_feature_check_fails_when_broken(session, cid: str, breaks: str, repairs
     admin = session.model.admin.name
     sudo(session, breaks.format(admin=admin))
     try:
-        r = checks(session, cid)[cid]
+        r = checks_prefixed(session, cid)[cid]
         assert r.status == "fail" and needle in r.outcome.message, (r.status, r.outcome.message)
     finally:
         sudo(session, repairs.format(admin=admin))
     if cid == "monitoring.node-exporter":
         time.sleep(2)
-    r = checks(session, cid)[cid]
+    r = checks_prefixed(session, cid)[cid]
     assert r.status == "pass", r.outcome.message
 
 
@@ -164,7 +154,7 @@ def test_metrics_follow_scratch_filling_past_the_threshold(session) -> None:  # 
     try:
         full = wait_metrics(session, lambda m: (scratch_ratio(m) or 0) > limit, f"scratch above {limit:.0%}")
         print(f"scratch ratio {ratio0:.3f} -> {scratch_ratio(full):.3f} (fallocate {want >> 20} MiB in {where})")
-        r = checks(session, "health.scratch-pressure", "monitoring.host-health")
+        r = checks_prefixed(session, "health.scratch-pressure", "monitoring.host-health")
         assert r["health.scratch-pressure"].status == "fail", r["health.scratch-pressure"].outcome.message
         assert r["monitoring.host-health"].status == "pass", r["monitoring.host-health"].outcome.message
     finally:
@@ -191,7 +181,7 @@ def test_metrics_follow_an_nfs_mount_that_stops_answering(session) -> None:  # n
     try:
         down = wait_metrics(session, lambda m: all(v == 0 for v in nfs_up(m).values()), "every mount down")
         assert set(nfs_up(down)) == set(mounts)
-        r = checks(session, "monitoring.host-health", "health.nfs-mounts")
+        r = checks_prefixed(session, "monitoring.host-health", "health.nfs-mounts")
         assert r["health.nfs-mounts"].status == "fail"
         # the metrics tell the truth about a host with Atlas gone: the consistency check passes
         assert r["monitoring.host-health"].status == "pass", r["monitoring.host-health"].outcome.message

@@ -19,6 +19,7 @@ import pytest
 from builder.run import run
 from builder.testbed.mgmtnet import CLIENT_IP
 from builder.verify.ssh import ssh_command
+from tests.guest import sudo
 
 pytestmark = pytest.mark.vm
 
@@ -34,11 +35,6 @@ def client_ssh(s, cmd: str) -> subprocess.CompletedProcess[bytes]:  # noqa: ANN0
     argv = s.mgmt_net.in_client(ssh_command(replace(s.access, proxy_command=None), cmd))
     return run(argv, check=False, timeout=60)
 
-
-def sudo(s, cmd: str) -> str:  # noqa: ANN001
-    r = s.host.sudo(cmd, 60)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
 
 
 def test_client_on_another_subnet_reaches_ssh_on_mgmt_only_with_policy_routing(routed) -> None:  # noqa: ANN001

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.verify.catalog import build_catalog
-from builder.verify.core import CheckResult, run_checks
 from builder.verify.report import render_table, write_report
 from builder.verify.session import SECOND_BOOT_CHECKS, settle, verify_boots, verify_second_boot
+from tests.guest import checks, sudo
 
 pytestmark = pytest.mark.vm
 
@@ -44,16 +43,6 @@ def session(verify_guest_session):  # noqa: ANN001
     return verify_guest_session
 
 
-def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
-    r = session.host.sudo(cmd, timeout)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
-
-
-def checks(session, *ids: str) -> dict[str, CheckResult]:  # noqa: ANN001
-    chosen = [c for c in build_catalog(session.model) if c.id in ids]
-    assert len(chosen) == len(ids), f"unknown check id in {ids}"
-    return {r.check.id: r for r in run_checks(chosen, session.context())}
 
 
 def failures(results) -> dict[str, str]:  # noqa: ANN001
