@@ -53,3 +53,29 @@ def test_namespaces_router_and_client_are_made_and_removed(tmp_path: Path) -> No
         assert lay.relay_sock.exists()
     assert _netns() == before
     assert not lay.relay_sock.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nc") is None,
+                    reason="needs root, iproute2 and nc")
+def test_outside_probes_reach_mgmt_through_a_loopback_forward_into_the_router(tmp_path: Path) -> None:
+    """The probes run from this machine (SSH banner, ssh-audit) reach MGMT from ROUTER: a banner served
+    on the router's MGMT address comes back through 127.0.0.1:PORT; nothing listens there afterwards."""
+    import socket
+    import time
+
+    from builder.testbed.mgmtnet import mgmt_forward
+
+    with routed_mgmt(MODEL, tmp_path) as lay:
+        server = subprocess.Popen(["ip", "netns", "exec", lay.router_ns, "sh", "-c",
+                                   f"echo SSH-2.0-standin-banner | nc -q 1 -l -s {MODEL.mgmt.gateway} -p 2022"])
+        try:
+            time.sleep(0.5)
+            with mgmt_forward(lay, MODEL.mgmt.gateway, 2022) as port:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                    conn.settimeout(10)
+                    assert conn.recv(64).startswith(b"SSH-2.0-standin-banner")
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        finally:
+            server.kill()
+            server.wait()

@@ -119,6 +119,61 @@ def routed_mgmt(model: object, workdir: Path) -> Iterator[RoutedMgmt]:
             p.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def mgmt_forward(lay: RoutedMgmt, address: str, port: int) -> Iterator[int]:
+    """A TCP port on this machine's loopback that reaches `address:port` on MGMT from ROUTER (on-link),
+    for the probes run from outside (SSH banner, ssh-audit), which connect from this namespace. Each
+    connection is one `nc` in ROUTER, as the harness's own ssh ProxyCommand. Yields the local port."""
+    import threading
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    stop = threading.Event()
+
+    def pump(conn: socket.socket) -> None:
+        nc = subprocess.Popen(["ip", "netns", "exec", lay.router_ns, "nc", "-q", "2", address, str(port)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert nc.stdin is not None and nc.stdout is not None
+        out_fd, in_fd = nc.stdout.fileno(), nc.stdin.fileno()
+        try:
+            while not stop.is_set():
+                ready, _, _ = select.select([conn.fileno(), out_fd], [], [], 1.0)
+                if conn.fileno() in ready:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    os.write(in_fd, data)
+                if out_fd in ready:
+                    data = os.read(out_fd, 65536)
+                    if not data:
+                        break
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            nc.kill()
+            nc.wait()
+
+    def accept() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select([server], [], [], 0.5)
+            if ready:
+                conn, _ = server.accept()
+                threading.Thread(target=pump, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
 def relay_main(relay_sock: str, qemu_sock: str, tap: str) -> None:
     """Copy Ethernet frames between a tap device (created here) and QEMU's dgram unix socket."""
     fd = os.open("/dev/net/tun", os.O_RDWR)

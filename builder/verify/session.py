@@ -25,7 +25,7 @@ import yaml
 from builder.errors import BuilderError
 from builder.model import HostModel
 from builder.verify.catalog import build_catalog, select
-from builder.verify.core import CheckResult, Context, Endpoints, run_checks
+from builder.verify.core import CheckResult, Context, Endpoint, Endpoints, run_checks
 from builder.verify.host import SshHost
 from builder.verify.report import BootSection, Report
 from builder.verify.targets import STANDIN
@@ -47,6 +47,7 @@ class Session:
     extra_key: str
     timings: dict[str, float] = field(default_factory=dict)
     mgmt_net: Any = None  # builder.testbed.mgmtnet.RoutedMgmt when MGMT is a routed network
+    mgmt_forward_port: int | None = None  # with mgmt_net: 127.0.0.1:PORT reaches SSH on MGMT for outside probes
 
     _host: SshHost | None = None
 
@@ -74,9 +75,15 @@ class Session:
         timings["settled"] = round(timings.get("ssh_ready", 0.0) + time.monotonic() - t0, 1)
         return timings
 
+    def endpoints(self) -> Endpoints:
+        """How the probes from outside reach the guest's SSH on MGMT and SERVERS (this machine's loopback)."""
+        if self.mgmt_forward_port is None:
+            return Endpoints.from_access(self.access)
+        return Endpoints(Endpoint("127.0.0.1", self.mgmt_forward_port),
+                         Endpoint("127.0.0.1", self.access.servers_ssh_port))
+
     def context(self) -> Context:
-        return Context(self.host, self.model, Endpoints.from_access(self.access),
-                       extra_authorized_keys=(self.extra_key,))
+        return Context(self.host, self.model, self.endpoints(), extra_authorized_keys=(self.extra_key,))
 
 
 def image_from_file(path: Path) -> Any:
@@ -169,6 +176,7 @@ def guest_session(
     routed network in namespaces (`session.mgmt_net`, builder.testbed.mgmtnet) instead of a forward."""
     from builder.testbed.boot import booted_guest
     from builder.testbed.image import build_image
+    from builder.testbed.mgmtnet import mgmt_forward
     from builder.testbed.mgmtnet import routed_mgmt as routed_mgmt_net
     from builder.testbed.services import harness_model, harness_services
     from builder.verify.ssh import generate_keypair
@@ -190,13 +198,15 @@ def guest_session(
         timings["services_ready"] = round(time.monotonic() - t0, 1)
         kwargs = {"timeout": boot_timeout} if boot_timeout else {}
         mgmt_net = stack.enter_context(routed_mgmt_net(tmodel, workdir / "mgmt")) if routed_mgmt else None
+        fwd_port = stack.enter_context(mgmt_forward(mgmt_net, tmodel.mgmt.ip, tmodel.ssh.port)) \
+            if mgmt_net is not None and tmodel.mgmt.ip else None
         with booted_guest(tmodel, seed_dir, stand_in, workdir / "boot", identity_file=key,
                           guestfwds=svc.guestfwds(), nfs=svc.nfs, keep=keep, mgmt_net=mgmt_net,
                           **kwargs) as access:
             booted = timings["services_ready"]
             for k, v in access.timings.items():
                 timings[k] = round(booted + v, 1)
-            session = Session(tmodel, access, svc, pub, timings, mgmt_net=mgmt_net)
+            session = Session(tmodel, access, svc, pub, timings, mgmt_net=mgmt_net, mgmt_forward_port=fwd_port)
             try:
                 yield session
             finally:
