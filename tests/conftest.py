@@ -242,6 +242,7 @@ def boot_group(item: pytest.Item) -> str | None:
     return module.__name__ if module is not None else "vm"
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the marker into the `@group` of the node id
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep the tests of one boot together: on one xdist worker (an xdist_group per boot: the shared
     guests by fixture, the other VM tests by module, whose boots are module-scoped) and, for a serial
@@ -254,6 +255,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda it: order[boot_group(it)])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail loudly when xdist ignored the boot groups (pytest 9 derives node ids in a way xdist 3.8's
+    `--dist loadgroup` cannot suffix): every worker would then boot every guest of the run."""
+    if getattr(item.config.option, "loadgroup", False) and boot_group(item) is not None and "@" not in item.nodeid:
+        pytest.fail(f"xdist --dist loadgroup did not group this VM test ({boot_group(item)}): pytest "
+                    f"{pytest.__version__} with this pytest-xdist; see the pins in pyproject.toml", pytrace=False)
 
 
 @pytest.hookimpl(trylast=True)
