@@ -189,7 +189,9 @@ def guest_session(
             adapt_seed(Path(seed), model, tmodel, pub, seed_dir)
         else:
             render_seed(tmodel, seed_dir)
-        if not image:  # the installed system: the minimal image + the autoinstall's `packages:` (as installed)
+        # The installed system: the minimal image + the autoinstall's `packages:`, installed as the stand-in
+        # installer installs them (builder.testbed.installrepo). An image given as a file boots as it is.
+        if not image:
             stand_in = installed_image(stand_in, package_plan(tmodel).install_time)
         timings["services_ready"] = round(time.monotonic() - t0, 1)
         kwargs = {"timeout": boot_timeout} if boot_timeout else {}
