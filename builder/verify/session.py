@@ -174,8 +174,10 @@ def guest_session(
     `access.nfs.start()`); `atlas_name`: the guest is told Atlas by this name instead of the
     harness address (a name nothing resolves makes Atlas unresolvable); `routed_mgmt`: MGMT is a
     routed network in namespaces (`session.mgmt_net`, builder.testbed.mgmtnet) instead of a forward."""
+    from builder.seed.packages import package_plan
     from builder.testbed.boot import booted_guest
     from builder.testbed.image import build_image
+    from builder.testbed.installrepo import installed_image
     from builder.testbed.mgmtnet import mgmt_forward
     from builder.testbed.mgmtnet import routed_mgmt as routed_mgmt_net
     from builder.testbed.services import harness_model, harness_services
@@ -195,6 +197,10 @@ def guest_session(
             adapt_seed(Path(seed), model, tmodel, pub, seed_dir)
         else:
             render_seed(tmodel, seed_dir)
+        # The installed system: the minimal image + the autoinstall's `packages:`, installed as the stand-in
+        # installer installs them (builder.testbed.installrepo). An image given as a file boots as it is.
+        if not image:
+            stand_in = installed_image(stand_in, package_plan(tmodel).install_time)
         timings["services_ready"] = round(time.monotonic() - t0, 1)
         kwargs = {"timeout": boot_timeout} if boot_timeout else {}
         mgmt_net = stack.enter_context(routed_mgmt_net(tmodel, workdir / "mgmt")) if routed_mgmt else None
