@@ -75,6 +75,9 @@ def test_the_image_carries_only_the_minimal_install(firstboot_image):
     assert {"nfs-common", "rpcbind", "gnupg"} <= downloaded
     assert not downloaded & have  # only the closure the image lacks
     assert set(INSTALL_TIME) - have <= downloaded
+    generators = subprocess.run(["debugfs", "-R", "ls -l /etc/systemd/system-generators", str(firstboot_image.disk)],
+                                capture_output=True, text=True).stdout
+    assert "systemd-ssh-generator" in generators  # masked: noble's systemd 255 has none
 
 
 def test_install_time_packages_come_from_the_repository_by_the_installer_step(firstboot_image):

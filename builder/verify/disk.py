@@ -122,8 +122,15 @@ def wait_disk_up(access: GuestAccess, os_disk: Path, timeout: float, started: fl
             f"{serial_tail(serial_log)}",
             hint=f"the whole console: {serial_log}" if serial_log.exists() else None) from None
     timings = {"ssh_ready": round(time.monotonic() - started, 1)}
-    remaining = max(60.0, timeout - (time.monotonic() - started))
-    proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
+    # The first boot restarts sshd (its MGMT bind) while cloud-init runs: an SSH session that fails
+    # (255) is not cloud-init's answer; ask again until the deadline.
+    while True:
+        remaining = max(60.0, timeout - (time.monotonic() - started))
+        proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
+        if proc.returncode != 255 or time.monotonic() - started > timeout:
+            break
+        log.info("SSH dropped while waiting for cloud-init (sshd restarting?): asking again")
+        time.sleep(5)
     timings["cloud_init_done"] = round(time.monotonic() - started, 1)
     status = [ln for ln in (proc.stdout or "").splitlines() if ln.strip(". ")]
     log.info("cloud-init on the disk: %s", "; ".join(status[:2]))
