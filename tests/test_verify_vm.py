@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from builder.verify.catalog import build_catalog
-from builder.verify.core import CheckResult, run_checks
+from builder.verify.core import CheckResult
 from builder.verify.report import render_table, write_report
+from tests.guest import checks, sudo
 
 pytestmark = pytest.mark.vm
 
@@ -31,18 +31,6 @@ STANDIN_GAPS: dict[str, str] = {}  # checks the stand-in is known to fail, with 
 def session(verify_guest_session):  # noqa: ANN001
     """The one shared boot of the default model (tests/conftest.py): CI has room for one boot."""
     return verify_guest_session
-
-
-def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
-    r = session.host.sudo(cmd, timeout)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
-
-
-def checks(session, *ids: str) -> dict[str, CheckResult]:  # noqa: ANN001
-    chosen = [c for c in build_catalog(session.model) if c.id in ids]
-    assert len(chosen) == len(ids), f"unknown check id in {ids}"
-    return {r.check.id: r for r in run_checks(chosen, session.context())}
 
 
 def assert_fails(results: dict[str, CheckResult], cid: str, *needles: str) -> None:
