@@ -75,6 +75,15 @@ def test_packer_built_disks_and_logs_from_the_standin(built: Built) -> None:
     assert "qemu-system-x86_64" in (build / "packer.log").read_text()
 
 
+def test_the_packer_disk_holds_the_rendered_uefi_layout_and_the_install_time_packages(built: Built,
+                                                                                      tmp_path: Path) -> None:
+    """The default model's (UEFI) stand-in install, as tests/test_packer_standin_vm.py checks the BIOS one."""
+    from tests.test_packer_standin_vm import assert_installed
+
+    assert built.rc == 0, built.text[-6000:]
+    assert_installed(built.out, tmp_path, "uefi")
+
+
 def test_stages_pass_and_the_summary_lists_every_artifact(built: Built) -> None:
     assert built.rc == 0, built.text[-6000:]
     host = built.out / "prometheus"
