@@ -225,6 +225,7 @@ class VerifyOptions:
     keep: bool = False
     only: tuple[str, ...] | None = None
     boot_timeout: float | None = None
+    second_boot: bool = True  # power off and boot the same disk again, re-running SECOND_BOOT_CHECKS
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,7 @@ def stage_verify(ctx: BuildContext, opts: VerifyOptions,
 
     from builder.seed.artifacts import write_seed
     from builder.verify.report import write_report
-    from builder.verify.session import guest_session, image_from_file, seed_source, verify_session
+    from builder.verify.session import guest_session, image_from_file, seed_source, verify_boots
 
     started = time.monotonic()
     if opts.seed:  # bad inputs fail before anything is created under --out
@@ -263,9 +264,13 @@ def stage_verify(ctx: BuildContext, opts: VerifyOptions,
         with guest_session(ctx.model, work, seed=seed, image=opts.image.absolute() if opts.image else None,
                            keep=opts.keep, boot_timeout=opts.boot_timeout) as session:
             _stderr(f"builder: guest up {session.timings}; running checks")
-            report = verify_session(session, only=list(opts.only) if opts.only else None, on_result=on_result,
-                                    started=started)
-            out = write_report(report, host_dir / "verify", serial_log=Path(session.access.serial_log))
+            report = verify_boots(session, only=list(opts.only) if opts.only else None, on_result=on_result,
+                                  started=started, second_boot=opts.second_boot,
+                                  before_reboot=lambda _s: _stderr("builder: first boot checked; powering off "
+                                                                   "and booting the same disk again..."))
+            # the first boot's console; a second boot's is copied beside it (serial-boot2.log)
+            out = write_report(report, host_dir / "verify",
+                               serial_log=Path(report.serial_log) if report.serial_log else None)
     finally:
         if not opts.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -295,10 +300,11 @@ def stage_verify_disk(ctx: BuildContext, disk: Path, identity: Path, opts: Verif
     work = Path(tempfile.mkdtemp(prefix=".verify-disk-", dir=ctx.host_dir))
     notes = (ctx.chain.note(),) if ctx.chain is not None else ()
     try:
-        _stderr(f"builder: booting the disk {disk} by its firmware ({ctx.model.host.firmware}; TCG: 2-6 min)...")
+        again = ", then once more for the second-boot checks" if opts.second_boot else ""
+        _stderr(f"builder: booting the disk {disk} by its firmware ({ctx.model.host.firmware}; TCG: 2-6 min){again}...")
         report, serial = verify_disk(ctx.model, disk_target(disk), identity, work, only=list(opts.only) if opts.only
                                      else None, on_result=on_result, started=started,
-                                     boot_timeout=opts.boot_timeout, notes=notes)
+                                     boot_timeout=opts.boot_timeout, notes=notes, second_boot=opts.second_boot)
         out = write_report(report, ctx.host_dir / "verify", serial_log=serial)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -41,6 +41,7 @@ class Nic:
     mac: str | None = None
     model: str = "virtio-net-pci"
     bootindex: int | None = None
+    backend: str = "user"  # the -netdev type: user (default), or e.g. dgram (with its options in netdev)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _drive_args(i: int, d: Drive) -> list[str]:
 
 
 def _nic_args(n: Nic) -> list[str]:
-    netdev = f"user,id={n.id}" + (f",{n.netdev}" if n.netdev else "")
+    netdev = f"{n.backend},id={n.id}" + (f",{n.netdev}" if n.netdev else "")
     dev = f"{n.model},netdev={n.id}"
     if n.mac:
         dev += f",mac={n.mac}"

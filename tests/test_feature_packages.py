@@ -3,6 +3,7 @@ STANDIN stubs with the real names, and the STANDIN virsh that the first boot and
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_standin_virsh_default_network(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None or shutil.which("apt-get") is None, reason="needs dpkg + apt")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the real node exporter comes from the stand-in image build (root)")
 def test_feature_pool_has_real_node_exporter_and_named_stubs(tmp_path: Path) -> None:
     from builder.testbed.featurepkgs import build_feature_pool
 
@@ -47,6 +49,10 @@ def test_feature_pool_has_real_node_exporter_and_named_stubs(tmp_path: Path) -> 
                               check=True).stdout.strip()
 
     assert "STANDIN" not in field(debs["prometheus-node-exporter"], "Description")  # the real package
+    from builder.testbed.image import build_image  # ... of trixie: downloaded by the stand-in image build
+
+    exporter = debs["prometheus-node-exporter"]
+    assert exporter.read_bytes() == (build_image().feature_debs / exporter.name).read_bytes()
     for name in VIRT_PACKAGES:
         assert field(debs[name], "Description").startswith("STANDIN"), name
     files = subprocess.run(["dpkg-deb", "-c", str(debs["libvirt-clients"])], capture_output=True, text=True,

@@ -6,66 +6,35 @@ qemu-system-x86, qemu-utils, libvirt-daemon-system and libvirt-clients (builder.
 Shown here: node exporter answers on the SERVERS address and nowhere else, the listener audit
 passes, every feature check passes and can fail, and the host-health textfile metrics follow the
 host when an NFS mount stops answering and when the scratch filesystem fills past the threshold.
-Its own boot (the default model's shared boot has the features off). The NFS fault comes last.
+The boot is the session's variant boot (tests/conftest.py `variant_guest`: the default model with both
+features on; its first boot had Atlas down and its MGMT is routed). The NFS fault comes last.
 """
 
 from __future__ import annotations
 
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 
 import pytest
-import yaml
 
 from builder.seed import features as feat
-from builder.verify.catalog import build_catalog
 from builder.verify.checks_features import HEALTH_FILE, fetch_command, parse_metrics
-from builder.verify.core import CheckResult, run_checks
-from tests.conftest import REPO, default_model_data
+from builder.verify.core import CheckResult
+from tests.conftest import restore_atlas
+from tests.guest import checks_prefixed, sudo
 
 pytestmark = pytest.mark.vm
 
 FEATURE_PREFIXES = ("monitoring.", "virt.", "net.listeners", "health.nfs-mounts", "health.scratch-pressure")
-INTERVAL = 10  # host-health timer period in this boot (the model's minimum), so changes show quickly
-PROBE = 5  # seconds an NFS mount may take (2 s flaked with two TCG guests and a 1.7 GiB fallocate at once)
-
-
-def features_model_data() -> dict:
-    data = default_model_data()
-    data["features"]["virtualization"]["enabled"] = True
-    data["features"]["monitoring"].update(enabled=True, node_exporter=True, dcgm_exporter=False,
-                                          health_interval_seconds=INTERVAL, probe_timeout_seconds=PROBE)
-    return data
 
 
 @pytest.fixture(scope="module")
-def session(firstboot_image, tmp_path_factory):  # noqa: ANN001
-    from builder.model import load_model
-    from builder.verify.session import guest_session
-
-    hosts = tmp_path_factory.mktemp("features-model") / "hosts"
-    shutil.copytree(REPO / "hosts", hosts)
-    path = hosts / "features.yaml"
-    path.write_text(yaml.safe_dump(features_model_data(), sort_keys=False))
-    started = time.monotonic()
-    with guest_session(load_model(path), tmp_path_factory.mktemp("features-guest")) as s:
-        print(f"features boot ready in {time.monotonic() - started:.0f}s: {s.timings}")
-        yield s
-        print(f"features VM test total {time.monotonic() - started:.0f}s")
+def session(variant_guest):  # noqa: ANN001
+    restore_atlas(variant_guest)  # the variant boot starts with Atlas down (tests/test_atlas_down_vm.py)
+    return variant_guest
 
 
-def sudo(session, cmd: str, timeout: float = 90) -> str:  # noqa: ANN001
-    r = session.host.sudo(cmd, timeout)
-    assert r.ok, f"guest command failed: {cmd}: rc={r.rc} {r.stdout} {r.stderr}"
-    return r.stdout
-
-
-def checks(session, *prefixes: str) -> dict[str, CheckResult]:  # noqa: ANN001
-    chosen = [c for c in build_catalog(session.model) if c.id.startswith(prefixes)]
-    assert chosen, prefixes
-    return {r.check.id: r for r in run_checks(chosen, session.context())}
 
 
 def status(results: dict[str, CheckResult]) -> dict[str, str]:
@@ -97,7 +66,7 @@ def wait_metrics(session, pred: Callable[[dict], bool], what: str, timeout: floa
 
 
 def test_every_feature_check_passes_and_nothing_new_listens(session) -> None:  # noqa: ANN001
-    res = checks(session, *FEATURE_PREFIXES)
+    res = checks_prefixed(session, *FEATURE_PREFIXES)
     print("\n".join(f"{k}: {v}" for k, v in status(res).items()))
     assert {"monitoring.node-exporter", "monitoring.host-health", "monitoring.alert-rules", "virt.hook",
             "virt.policy", "virt.default-network", "virt.admin-libvirt-group", "net.listeners"} <= set(res)
@@ -159,13 +128,13 @@ def test_feature_check_fails_when_broken(session, cid: str, breaks: str, repairs
     admin = session.model.admin.name
     sudo(session, breaks.format(admin=admin))
     try:
-        r = checks(session, cid)[cid]
+        r = checks_prefixed(session, cid)[cid]
         assert r.status == "fail" and needle in r.outcome.message, (r.status, r.outcome.message)
     finally:
         sudo(session, repairs.format(admin=admin))
     if cid == "monitoring.node-exporter":
         time.sleep(2)
-    r = checks(session, cid)[cid]
+    r = checks_prefixed(session, cid)[cid]
     assert r.status == "pass", r.outcome.message
 
 
@@ -185,7 +154,7 @@ def test_metrics_follow_scratch_filling_past_the_threshold(session) -> None:  # 
     try:
         full = wait_metrics(session, lambda m: (scratch_ratio(m) or 0) > limit, f"scratch above {limit:.0%}")
         print(f"scratch ratio {ratio0:.3f} -> {scratch_ratio(full):.3f} (fallocate {want >> 20} MiB in {where})")
-        r = checks(session, "health.scratch-pressure", "monitoring.host-health")
+        r = checks_prefixed(session, "health.scratch-pressure", "monitoring.host-health")
         assert r["health.scratch-pressure"].status == "fail", r["health.scratch-pressure"].outcome.message
         assert r["monitoring.host-health"].status == "pass", r["monitoring.host-health"].outcome.message
     finally:
@@ -212,7 +181,7 @@ def test_metrics_follow_an_nfs_mount_that_stops_answering(session) -> None:  # n
     try:
         down = wait_metrics(session, lambda m: all(v == 0 for v in nfs_up(m).values()), "every mount down")
         assert set(nfs_up(down)) == set(mounts)
-        r = checks(session, "monitoring.host-health", "health.nfs-mounts")
+        r = checks_prefixed(session, "monitoring.host-health", "health.nfs-mounts")
         assert r["health.nfs-mounts"].status == "fail"
         # the metrics tell the truth about a host with Atlas gone: the consistency check passes
         assert r["monitoring.host-health"].status == "pass", r["monitoring.host-health"].outcome.message

@@ -77,7 +77,7 @@ def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
         files = {}
         if props.get("TYPE") == "ext4":
             for name in ("/etc/fstab", "/var/lib/cloud/seed/nocloud/user-data",
-                         "/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"):
+                         "/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg", "/var/lib/dpkg/status"):
                 files[name] = subprocess.run(["debugfs", "-R", f"cat {name}", f"{raw}?offset={p['start'] * 512}"],
                                              capture_output=True, text=True).stdout
         out.append({"type": p["type"], "fs": props.get("TYPE", ""), "uuid": props.get("UUID", ""), **files})
@@ -157,6 +157,10 @@ def test_packer_installs_the_rendered_layout_on_the_modelled_disks_and_it_boots(
     first_boot = (out / "prometheus" / "first-boot" / "user-data").read_text()
     assert yaml.safe_load(root["/var/lib/cloud/seed/nocloud/user-data"]) == yaml.safe_load(first_boot)
     assert "NoCloud" in root["/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg"]
+    # the autoinstall's packages: installed by apt from the medium's repository (the image has none of them)
+    assert re.search(r"^STANDIN: install-time packages installed \(\d+ packages set up\): .*nfs-common=", serial, re.M)
+    for pkg in ("nfs-common", "rpcbind", "gnupg"):
+        assert f"Package: {pkg}\nStatus: install ok installed\n" in root["/var/lib/dpkg/status"], pkg
     # and it boots by itself under the modelled firmware: GRUB (ESP or MBR+bios_grub) -> root by UUID -> fstab
     started = time.monotonic()
     booted = _boot_installed(build / "images", tmp_path / "installed.log", firmware)

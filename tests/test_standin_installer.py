@@ -113,6 +113,7 @@ def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, An
     here = tmp_path / "etc"
     here.mkdir()
     shutil.copyfile(resource("testbed", "standin-iso", "storage.awk"), here / "standin-storage.awk")
+    shutil.copyfile(resource("testbed", "standin-iso", "packages.awk"), here / "standin-packages.awk")
     user_data = tmp_path / "user-data"
     if text is None:
         text = "#cloud-config\n" + to_yaml({"autoinstall": {"user-data": {"hostname": "standin-test"}, **autoinstall}})
@@ -320,4 +321,46 @@ def test_an_autoinstall_without_first_boot_config_fails_before_touching_a_disk(t
     run = run_standin(tmp_path, BENCH, None, text)
     assert run.rc == 1
     assert run.lines[-1] == f"{INSTALL_FAILED}: the autoinstall has no user-data section (the first-boot config)"
+    assert not any("run: " in line for line in run.lines)
+
+
+def test_install_time_packages_are_installed_from_the_medium_after_unpacking(tmp_path: Path) -> None:
+    """The rendered autoinstall's `packages:` (flow list): the packages step runs on the unpacked target
+    with the medium as its repository, before the bootloader is written."""
+    from builder.seed.packages import INSTALL_TIME
+    from builder.seed.render import render_host
+
+    text = render_host(load_model())["autoinstall/user-data"].decode()
+    run = run_standin(tmp_path, [FakeDisk("sda", "sata", "QEMU HARDDISK", "S6PNNX0T000001"),
+                                 FakeDisk("nvme0n1", "nvme", "QEMU NVMe Ctrl", "S64ANS0T000001")], None, text)
+    assert run.rc == 0 and run.lines[-1] == INSTALL_OK, run.lines
+    text_out = "\n".join(run.lines)
+    step = f"run: /bin/standin-install-packages {tmp_path}/target {tmp_path}/cdrom {' '.join(INSTALL_TIME)}"
+    assert f"STANDIN: {step}" in run.lines
+    assert text_out.index("unsquashfs") < text_out.index(step) < text_out.index("bootloader:")
+
+
+@pytest.mark.parametrize(("section", "want"), [
+    ('  packages: ["nfs-common", "ca-certificates", \'gnupg\']  # install time\n',
+     ["nfs-common", "ca-certificates", "gnupg"]),
+    ("  packages:\n  - nfs-common\n  # a comment\n  - 'gnupg'  # why\n", ["nfs-common", "gnupg"]),
+    ("  packages:\n    - rpcbind\n", ["rpcbind"]),
+    ("  packages: []\n", []),
+    ("", []),
+])
+def test_the_packages_reader_takes_flow_and_block_lists(section: str, want: list[str]) -> None:
+    text = f"#cloud-config\nautoinstall:\n  version: 1\n{section}  updates: security\nother:\n  packages: [x]\n"
+    awk = resource("testbed", "standin-iso", "packages.awk")
+    out = subprocess.run([str(BUSYBOX), "awk", "-f", str(awk)], input=text, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == want
+
+
+def test_packages_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path: Path) -> None:
+    storage = storage_config(_model(*MATCHES[0]))
+    text = "#cloud-config\n" + to_yaml({"autoinstall": {"version": 1, "storage": storage,
+                                                         "user-data": {"hostname": "h"}}})
+    text = text.replace("autoinstall:\n", "autoinstall:\n  packages: nfs-common\n", 1)
+    run = run_standin(tmp_path, BENCH, None, text)
+    assert run.rc == 1
+    assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall packages: not understood by the stand-in: nfs-common"
     assert not any("run: " in line for line in run.lines)

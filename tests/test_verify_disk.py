@@ -147,3 +147,25 @@ def test_a_disk_that_does_not_boot_is_exit_2_with_the_serial_log_tail(tmp_path: 
     assert "Traceback" not in err
     assert not (out / "prometheus" / "verify").exists()
     assert not list(out.glob("prometheus/.verify-*"))  # the work folder (overlays) is gone
+
+
+@needs_tools
+@pytest.mark.parametrize("flag,want", [((), True), (("--no-second-boot",), False)])
+def test_disk_target_boots_twice_unless_told_not_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    flag: tuple[str, ...], want: bool) -> None:
+    """The disk target reboots its disk for the second-boot checks by default (issue 11: "on both boots")."""
+    import builder.pipeline as pipeline
+    from builder.verify.report import Report
+
+    seen = []
+
+    def fake(ctx, disk, identity, opts, on_result=None):  # noqa: ANN001, ANN202
+        seen.append(opts.second_boot)
+        out = tmp_path / "report"
+        out.mkdir(exist_ok=True)
+        return pipeline.VerifyResult(Report("prometheus", "fake", (), {}, None), out)
+
+    monkeypatch.setattr(pipeline, "stage_verify_disk", fake)
+    disk, key = _disks(tmp_path), _keypair(tmp_path)
+    rc = main(["verify", "--out", str(tmp_path / "out"), "--target", f"disk:{disk}", "--identity", str(key), *flag])
+    assert rc == 0 and seen == [want]

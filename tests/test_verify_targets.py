@@ -347,6 +347,8 @@ def test_unreachable_host_is_a_clear_error(tmp_path: Path, key: tuple[Path, str]
 @pytest.mark.parametrize("args,needle", [
     (["--target", "ssh://ops@127.0.0.1:1"], "needs --identity KEY"),
     (["--target", "ssh://ops@127.0.0.1:1", "--identity", "KEY", "--keep"], "--keep belong to the stand-in"),
+    (["--target", "ssh://ops@127.0.0.1:1", "--identity", "KEY", "--no-second-boot"],
+     "--no-second-boot belong to the stand-in"),
     (["--target", "ssh://ops@127.0.0.1:1", "--identity", "/nonexistent/key"], "identity file not found"),
     (["--target", "ssh://root@127.0.0.1:1", "--identity", "KEY"], "user 'root' is not in the host model"),
     (["--target", "ssh://ops@127.0.0.1:1", "--identity", "KEY", "--only", "helth"], "--only helth selects no"),

@@ -183,6 +183,19 @@ def test_rpcbind_unmasked_fails(session) -> None:  # noqa: ANN001
     assert_pass(checks(session, "net.listeners"))
 
 
+def restore_mgmt_routing(session) -> None:  # noqa: ANN001
+    """Let networkd put back MGMT's rule and routes: a rule or route re-added by hand is "foreign" to
+    networkd, which drops it at the next reconfigure of any link (test_wrong_nic_name_fails does one),
+    leaving the shared guest without policy routing for every later test."""
+    mgmt = session.model.mgmt
+    sudo(session, f"networkctl reconfigure {mgmt.name}")
+    wait_ssh(session)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and checks(session, "net.mgmt-policy-routing")[
+            "net.mgmt-policy-routing"].status != "pass":
+        time.sleep(2)
+
+
 def test_mgmt_policy_rule_removed_fails(session) -> None:  # noqa: ANN001
     from builder.seed.hostconfig import mgmt_route_table
 
@@ -192,7 +205,7 @@ def test_mgmt_policy_rule_removed_fails(session) -> None:  # noqa: ANN001
         assert_fails(checks(session, "net.mgmt-policy-routing"), "net.mgmt-policy-routing",
                      f"no rule 'from {mgmt_ip} lookup {table}'")
     finally:
-        sudo(session, f"ip rule add from {mgmt_ip}/32 lookup {table}")
+        restore_mgmt_routing(session)
     assert_pass(checks(session, "net.mgmt-policy-routing"))
 
 
@@ -205,7 +218,7 @@ def test_mgmt_default_route_removed_fails(session) -> None:  # noqa: ANN001
         assert_fails(checks(session, "net.mgmt-policy-routing"), "net.mgmt-policy-routing",
                      f"table {table} has no default via {mgmt.gateway}")
     finally:
-        sudo(session, f"ip route add default via {mgmt.gateway} dev {mgmt.name} table {table}")
+        restore_mgmt_routing(session)
     assert_pass(checks(session, "net.mgmt-policy-routing"))
 
 
@@ -236,3 +249,10 @@ def test_nfs_server_down_fails(session) -> None:  # noqa: ANN001
         assert_fails(res, f"nfs.access:{mp}", "NFS server down")
     finally:
         nfs.start()
+    # Undo fully: the hard mounts recover by themselves once Atlas answers (an NFS retransmit is
+    # timeo=600, 60 s), and later tests on the shared guest need them answering.
+    ids = tuple(f"nfs.mounted:{m.mountpoint}" for m in session.model.nfs.mounts)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and any(r.status != "pass" for r in checks(session, *ids).values()):
+        time.sleep(5)
+    assert_pass(checks(session, *ids))

@@ -85,7 +85,7 @@ def daemon_json(model: Any, **override: Any) -> str:
 def sources(model: Any, docker_opts: str = "signed-by=/etc/apt/keyrings/docker.asc") -> str:
     d, n = model.apt.docker, model.apt.nvidia
     return "\n".join([
-        "/etc/apt/sources.list:deb http://deb.debian.org/debian bookworm main",
+        "/etc/apt/sources.list:deb http://deb.debian.org/debian trixie main",
         f"/etc/apt/sources.list.d/docker.list:deb [arch=amd64 {docker_opts}] {d.url} {d.suite} {d.component}",
         f"/etc/apt/sources.list.d/nvidia-container-toolkit.list:deb "
         f"[signed-by=/etc/apt/keyrings/nvidia-container-toolkit.asc] {n.url} {n.suite}",

@@ -50,11 +50,14 @@ def cmd_standin_iso(args: argparse.Namespace) -> int:
 
         raise BuilderError(f"--pad-mib {args.pad_mib}: expected a number >= 0")
     epoch = settings.source_date_epoch(1769126400)
-    rootfs = None
+    rootfs = debs = None
     if not args.no_system:
+        from builder.testbed.image import build_image
         from builder.testbed.rootfs import standin_rootfs
 
-        rootfs = standin_rootfs(cache_dir())
-    out = build_standin_iso(args.out.absolute(), cache_dir(), epoch, pad_mib=args.pad_mib, rootfs=rootfs)
+        image = build_image()
+        rootfs, debs = standin_rootfs(cache_dir(), image), image.install_debs
+    out = build_standin_iso(args.out.absolute(), cache_dir(), epoch, pad_mib=args.pad_mib, rootfs=rootfs,
+                            install_debs=debs)
     print(f"wrote {out} (STAND-IN, not installable; {out.stat().st_size / (1 << 20):.1f} MiB)")
     return 0

@@ -20,8 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def register_image(group: argparse._SubParsersAction) -> None:
     p = group.add_parser(
         "image",
-        help="STANDIN first-boot disk: Debian bookworm + cloud-init (cached), plus kernel and initrd",
-        description="Build (or reuse from the cache) the Debian bookworm first-boot stand-in disk and "
+        help="STANDIN first-boot disk: Debian trixie, only what ubuntu-server-minimal carries (cached), "
+        "plus kernel and initrd",
+        description="Build (or reuse from the cache) the Debian trixie first-boot stand-in disk and "
         "copy it to FILE, with FILE's stem + .vmlinuz/.initrd beside it for direct kernel boot.",
     )
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="raw ext4 disk image to write")

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run only checks whose id starts with PREFIX (repeatable), e.g. --only nfs.")
     p.add_argument("--boot-timeout", type=positive(float), default=None, metavar="SECONDS",
                    help="how long to wait for cloud-init and SSH (default: 900, or $BUILDER_BOOT_TIMEOUT)")
+    p.add_argument("--no-second-boot", dest="second_boot", action="store_false",
+                   help="stand-in: check the first boot only (default: power off, boot the same disk again "
+                        "and re-run the reachability, listener, routing, mount and Docker checks)")
     p.add_argument("--target", default="standin", metavar="TARGET",
                    help="what to check: standin (default: the stand-in booted in QEMU), disk:PATH (a built "
                         "disk image), or ssh://USER@HOST[:PORT] (a live host, no QEMU; needs --identity)")
@@ -70,7 +73,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from builder.pipeline import VerifyOptions, stage_verify
 
     opts = VerifyOptions(args.seed, args.image, args.keep, tuple(args.only) if args.only else None,
-                         args.boot_timeout)
+                         args.boot_timeout, second_boot=args.second_boot)
     result = stage_verify(ctx, opts, on_result=_progress)
     out = result.report_dir
     print(render_table(result.report, width=shutil.get_terminal_size((120, 20)).columns))
@@ -95,7 +98,8 @@ def _verify_disk(args: argparse.Namespace, ctx: BuildContext, target: Target, st
         # a disk of the offline stand-in chain: it was built from the harness model, so it is judged against it
         print(f"builder: {chain.note()}", file=sys.stderr)
         ctx = dataclasses.replace(ctx, model=chain.model, chain=chain)
-    opts = VerifyOptions(only=tuple(args.only) if args.only else None, boot_timeout=args.boot_timeout)
+    opts = VerifyOptions(only=tuple(args.only) if args.only else None, boot_timeout=args.boot_timeout,
+                         second_boot=args.second_boot)
     result = stage_verify_disk(ctx, target.path.absolute(), args.identity.absolute(), opts, on_result=_progress)
     out = result.report_dir
     print(render_table(result.report, width=shutil.get_terminal_size((120, 20)).columns))
@@ -120,6 +124,8 @@ def _verify_live(args: argparse.Namespace, model: HostModel, target: Target, sta
     from builder.verify.live import parse_endpoint, verify_live
 
     stray = [f"--{n.replace('_', '-')}" for n in ("seed", "image", "keep", "boot_timeout") if getattr(args, n)]
+    if not args.second_boot:
+        stray.append("--no-second-boot")
     if stray:
         raise BuilderError(f"{', '.join(stray)} belong to the stand-in target, not {args.target}")
     if args.identity is None:

@@ -23,7 +23,7 @@ from builder.testbed.gpgkeys import SigningKey
 
 UBUNTU_SUITES = ("noble", "noble-updates", "noble-security", "noble-backports")
 # Debian-style suites too, in case cloud-init's Debian sources template is used on the stand-in.
-DEBIAN_SUITES = ("bookworm", "bookworm-updates", "bookworm-security")
+DEBIAN_SUITES = ("trixie", "trixie-updates", "trixie-security")
 UBUNTU_COMPONENTS = ("main", "restricted", "universe", "multiverse")
 
 U = "~ubuntu.24.04~noble"
@@ -176,7 +176,7 @@ def build_repos(http_root: Path, *, archive: SigningKey, docker: SigningKey, nvi
     for suite in UBUNTU_SUITES + DEBIAN_SUITES:
         for comp in UBUNTU_COMPONENTS:
             wanted = comp == "restricted" and suite == "noble-updates"
-            wanted = wanted or (comp == "main" and suite == "bookworm-updates")
+            wanted = wanted or (comp == "main" and suite == "trixie-updates")
             index = driver_index if wanted else feature_index if (suite, comp) == ("noble", "universe") else b""
             _write_index(ubuntu / "dists" / suite / comp / "binary-amd64", index)
         origin = "Ubuntu" if suite.startswith("noble") else "Debian"

@@ -17,7 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from builder import settings
@@ -26,6 +26,7 @@ from builder.model import HostModel
 from builder.qemu import Drive, Nic, RunningVm, VmSpec, start_vm
 from builder.run import require_tool, run
 from builder.testbed.image import StandinImage
+from builder.testbed.mgmtnet import RoutedMgmt
 from builder.testbed.nfs import free_port
 from builder.testbed.services import GuestFwd
 from builder.verify.ssh import GuestAccess, ServiceControl, wait_for_ssh
@@ -65,8 +66,10 @@ class NetPlan:
     servers_ssh_port: int
 
 
-def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tuple[Nic, Nic]:
-    """Two user-mode networks matching the model's SERVERS and MGMT networks (SERVERS is NIC 1)."""
+def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...],
+             mgmt_net: RoutedMgmt | None = None) -> tuple[Nic, Nic]:
+    """Two user-mode networks matching the model's SERVERS and MGMT networks (SERVERS is NIC 1);
+    with `mgmt_net`, MGMT is a routed network in namespaces instead (builder.testbed.mgmtnet)."""
     srv, mgmt = model.servers, model.mgmt
     if not srv.ip or not mgmt.ip:
         raise BuilderError("the first-boot test needs the SERVERS reserved_address and the MGMT address",
@@ -81,6 +84,9 @@ def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...]) -> tu
         srv_opts.append(f"dhcpstart={srv.reserved_address}")
     srv_opts.append(f"hostfwd=tcp:127.0.0.1:{ports.servers_ssh_port}-{srv.ip}:{model.ssh.port}")
     srv_opts += [f.netdev_option() for f in fwds]
+    if mgmt_net is not None:
+        return (Nic("servers", ",".join(srv_opts), mac=srv.mac.lower()),
+                Nic("mgmt", mgmt_net.netdev(), mac=mgmt.mac.lower(), backend="dgram"))
     mgmt_opts = [f"net={mgmt.subnet}", "restrict=on"]
     if mgmt.gateway:
         mgmt_opts.append(f"host={mgmt.gateway}")
@@ -124,6 +130,59 @@ def wait_milestones(vm: RunningVm, timeout: float, started: float) -> dict[str, 
     return timings
 
 
+class GuestPower:
+    """The running stand-in's power switch: `reboot()` powers it off cleanly (`systemctl poweroff`
+    over SSH; QEMU runs with -no-reboot, so it exits) and boots it again on the same overlay disk,
+    seed, NICs, forwarded ports and harness services. A later boot runs no first-boot commands
+    (cloud-init's per-instance modules are done), so what it shows is what persists."""
+
+    def __init__(self, spec: VmSpec, workdir: Path, stack: contextlib.ExitStack, access: GuestAccess,
+                 guestfwds: tuple[GuestFwd, ...], timeout: float) -> None:
+        self.spec, self.workdir, self.stack = spec, workdir, stack
+        self.access = access
+        self.guestfwds = guestfwds
+        self.timeout = timeout
+        self.boot = 1  # the number of the boot the guest is in now
+
+    def poweroff(self, timeout: float = 240.0) -> float:
+        """Sync and power off through systemd; wait (bounded) for QEMU to exit; seconds taken."""
+        from builder.verify.ssh import ssh_run
+
+        vm: RunningVm = self.access.vm
+        t0 = time.monotonic()
+        # The SSH session dies with the guest: its exit status is not the poweroff's.
+        ssh_run(self.access, "sync && sudo -n systemctl poweroff", timeout=30)
+        try:
+            vm.wait(timeout)
+        finally:
+            vm.stop()
+            for fwd in self.guestfwds:
+                fwd.reap_helpers()
+        return round(time.monotonic() - t0, 1)
+
+    def reboot(self) -> GuestAccess:
+        """Power off, boot again; wait until the guest is up (`wait_up`); the new GuestAccess."""
+        down = self.poweroff()
+        self.boot += 1
+        spec = replace(self.spec, serial_log=self.workdir / f"serial-boot{self.boot}.log")
+        spec.serial_log.unlink(missing_ok=True)
+        vm = self.stack.enter_context(start_vm(spec, self.workdir))
+        started = time.monotonic()
+        access = replace(self.access, serial_log=spec.serial_log, timings={"poweroff": down}, vm=vm)
+        access.timings.update(self.wait_up(vm, access, started))
+        log.info("guest up again (boot %d): %s", self.boot, access.timings)
+        self.access = access
+        return access
+
+    def wait_up(self, vm: RunningVm, access: GuestAccess, started: float) -> dict[str, float]:
+        """The stand-in's console shows cloud-init's final message (direct kernel boot with a serial
+        console); then SSH. Seconds since `started` per milestone."""
+        timings = wait_milestones(vm, self.timeout, started)
+        wait_for_ssh(access, timeout=min(max(30.0, self.timeout - (time.monotonic() - started)), 180.0))
+        timings["ssh_ready"] = round(time.monotonic() - started, 1)
+        return timings
+
+
 @contextlib.contextmanager
 def booted_guest(
     model: HostModel,
@@ -136,8 +195,12 @@ def booted_guest(
     nfs: ServiceControl | None = None,
     timeout: float | None = None,
     keep: bool = False,
+    mgmt_net: RoutedMgmt | None = None,
 ) -> Iterator[GuestAccess]:
-    """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess."""
+    """Boot, wait for cloud-init and SSH (as the model's admin user over MGMT), yield GuestAccess.
+
+    `access.power` (a GuestPower) boots the same machine again: `access.power.reboot()`.
+    `mgmt_net`: MGMT is a routed network (mgmtnet.routed_mgmt); SSH goes from its router namespace."""
     if timeout is None:
         timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT)
         assert timeout is not None
@@ -148,20 +211,27 @@ def booted_guest(
     serial_log = workdir / "serial.log"
     serial_log.unlink(missing_ok=True)
     ports = NetPlan(free_port(), free_port())
-    spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds))
+    spec = vm_spec(model, image, overlay, seed_iso, serial_log, nics_for(model, ports, guestfwds, mgmt_net))
+    # With a routed MGMT there is no forward: SSH goes to the MGMT address from the router namespace.
+    ssh_at = (model.mgmt.ip, model.ssh.port, mgmt_net.proxy_command()) if mgmt_net and model.mgmt.ip else \
+        ("127.0.0.1", ports.ssh_port, None)
     try:
-        with start_vm(spec, workdir) as vm:
+        with contextlib.ExitStack() as stack:
+            vm = stack.enter_context(start_vm(spec, workdir))
             started = time.monotonic()
             timings = wait_milestones(vm, timeout, started)
             access = GuestAccess(
-                ssh_host="127.0.0.1", ssh_port=ports.ssh_port, servers_ssh_port=ports.servers_ssh_port,
+                ssh_host=ssh_at[0], ssh_port=ssh_at[1], servers_ssh_port=ports.servers_ssh_port,
                 user=model.admin.name, identity_file=identity_file, serial_log=serial_log,
-                timings=timings, nfs=nfs, vm=vm,
+                timings=timings, nfs=nfs, vm=vm, proxy_command=ssh_at[2],
             )
             remaining = max(30.0, timeout - (time.monotonic() - started))
             wait_for_ssh(access, timeout=min(remaining, 180.0))
             timings["ssh_ready"] = round(time.monotonic() - started, 1)
             log.info("guest ready: %s", timings)
+            power = GuestPower(spec, workdir, stack, access, guestfwds, timeout)
+            access = replace(access, power=power)
+            power.access = access
             yield access
     finally:
         for fwd in guestfwds:

@@ -1,9 +1,9 @@
 """Packages of the seed's optional features for the harness Ubuntu mirror (`noble/universe`).
 
-- `prometheus-node-exporter`: the REAL Debian bookworm package (the stand-in is bookworm), fetched
-  once with `apt-get download` into the same .deb cache the stand-in image build uses
-  (`<cache>/debs/bookworm`). Its dependencies (adduser, libc6, init-system-helpers) are in the image;
-  its Recommends (prometheus-node-exporter-collectors) are left out.
+- `prometheus-node-exporter`: the REAL Debian trixie package (the stand-in is trixie), downloaded by
+  the stand-in image build while its trixie sources are configured (`image.feature_debs`: the package
+  and whatever of its Depends the image lacks; this machine's own apt lists only bookworm). Its
+  Recommends (prometheus-node-exporter-collectors) are left out.
 - `qemu-system-x86`, `qemu-utils`, `libvirt-daemon-system`, `libvirt-clients`: STANDIN stubs with the
   real names (the real ones are hundreds of MB): the libvirt system group, /etc/libvirt/hooks/, the
   default network's state, and a `virsh` stub answering net-list / net-destroy / net-autostart.
@@ -15,12 +15,11 @@ import shutil
 from pathlib import Path
 
 from builder.errors import BuilderError
-from builder.run import require_tool, run
 from builder.testbed.aptrepo import StubPackage, build_deb
-from builder.testbed.gpgkeys import cache_root
+from builder.testbed.image import FEATURE_DEBS
 
-REAL_DEBIAN = ("prometheus-node-exporter",)
-DEBIAN_SUITE = "bookworm"
+REAL_DEBIAN = FEATURE_DEBS  # ("prometheus-node-exporter",): downloaded by the image build
+DEBIAN_SUITE = "trixie"
 LIBVIRT = ("10.0.0-2ubuntu8",)
 QEMU = ("1:8.2.2+ds-0ubuntu1",)
 FEATURE_STUBS = (
@@ -33,24 +32,17 @@ FEATURE_STUBS = (
 COMPONENT = "universe"  # the pool folder below the mirror, indexed for noble/universe
 
 
-def debian_deb(name: str, suite: str = DEBIAN_SUITE) -> Path:
-    """The real Debian .deb of `name` from the image build's .deb cache, downloaded there first if absent
-    (this machine's apt, which must know `suite`: the harness runs on Debian bookworm)."""
-    cache = cache_root() / "debs" / suite
-    found = sorted(cache.glob(f"{name}_*_amd64.deb"))
-    if found:
-        return found[-1]
-    apt_get = require_tool("apt-get", "apt")
-    cache.mkdir(parents=True, exist_ok=True)
-    try:
-        run([apt_get, "download", "-q", name], cwd=cache, timeout=600)
-    except BuilderError as exc:
-        raise BuilderError(f"cannot download the Debian package {name} for the stand-in: {exc.message}",
-                           hint="run `apt-get update` (this machine's apt must list Debian bookworm)") from None
-    found = sorted(cache.glob(f"{name}_*_amd64.deb"))
-    if not found:
-        raise BuilderError(f"apt-get download {name} wrote no {name}_*_amd64.deb into {cache}")
-    return found[-1]
+def debian_debs() -> list[Path]:
+    """The real Debian .debs of REAL_DEBIAN with the Depends the image lacks, from the image build."""
+    from builder.testbed.image import build_image
+
+    folder = build_image().feature_debs
+    found = sorted(folder.glob("*.deb"))
+    missing = [n for n in REAL_DEBIAN if not any(p.name.startswith(f"{n}_") for p in found)]
+    if missing:
+        raise BuilderError(f"the stand-in image build downloaded no {', '.join(missing)} into {folder}",
+                           hint="rebuild the stand-in image (builder standin image --force)")
+    return found
 
 
 def build_feature_pool(mirror: Path, work: Path, sde: int) -> Path:
@@ -59,8 +51,8 @@ def build_feature_pool(mirror: Path, work: Path, sde: int) -> Path:
     for pkg in FEATURE_STUBS:
         for v in pkg.versions:
             build_deb(pkg, v, pool / pkg.name[0] / pkg.name, work, sde)
-    for name in REAL_DEBIAN:
-        deb = debian_deb(name)
+    for deb in debian_debs():
+        name = deb.name.split("_")[0]
         dest = pool / name[0] / name
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(deb, dest / deb.name)

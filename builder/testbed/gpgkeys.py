@@ -31,16 +31,21 @@ class SigningKey:
         return gnupg_env(self.gnupghome)
 
     def sign_release(self, release: Path) -> None:
-        """Write InRelease (clearsigned) and Release.gpg (detached) beside `release`."""
+        """Write InRelease (clearsigned) and Release.gpg (detached) beside `release`.
+
+        One signer per key at a time: the key's home is shared by every process using the cache (two test
+        workers start harness repositories at once), and each signer stops the home's gpg-agent when done,
+        which would kill a signature another process is making with it."""
         gpg = require_tool("gpg", "gnupg")
         base = [gpg, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
                 "--local-user", self.fingerprint, "--digest-algo", "SHA512"]
-        try:
-            run([*base, "--clearsign", "-o", release.with_name("InRelease"), release], env=self._env())
-            run([*base, "--armor", "--detach-sign", "-o", release.with_name("Release.gpg"), release],
-                env=self._env())
-        finally:
-            stop_agent(self.gnupghome)
+        with cache_lock(self.gnupghome.parent, f"sign-{self.gnupghome.name}"):
+            try:
+                run([*base, "--clearsign", "-o", release.with_name("InRelease"), release], env=self._env())
+                run([*base, "--armor", "--detach-sign", "-o", release.with_name("Release.gpg"), release],
+                    env=self._env())
+            finally:
+                stop_agent(self.gnupghome)
 
 
 def gnupg_env(home: Path) -> dict[str, str]:

@@ -1,10 +1,15 @@
-"""STANDIN first-boot image: a Debian bookworm disk that plays the installed Ubuntu system.
+"""STANDIN first-boot image: a Debian trixie disk that plays the installed Ubuntu system.
 
 It is *not* prometheus' OS. It exists so the real first-boot user-data can run through real
-cloud-init, openssh-server, netplan and nfs-common offline. Built with mmdebstrap into a folder,
-then `mkfs.ext4 -d` (no loop mounts), then every inode's times are set to SOURCE_DATE_EPOCH with
-debugfs. Kernel and initrd are exported beside the disk for direct kernel boot. The result is cached
-under a hash of its inputs, so a second call is instant.
+cloud-init (25.1), openssh-server (10), netplan (1.1) and systemd (257) offline: trixie is the Debian
+release closest to noble. Like ubuntu-server-minimal it carries no nfs-common and no gnupg: what the
+autoinstall's `packages:` asks for (builder.seed.packages INSTALL_TIME) is downloaded here, while the
+trixie sources are still configured, into `install-debs/` beside the disk (the closure missing from
+the image), and installed at install time from the harness repository (builder.testbed.installrepo);
+the real `prometheus-node-exporter` (a feature package) likewise into `feature-debs/`.
+Built with mmdebstrap into a folder, then `mkfs.ext4 -d` (no loop mounts), then every inode's
+times are set to SOURCE_DATE_EPOCH with debugfs. Kernel and initrd are exported beside the disk for
+direct kernel boot. The result is cached under a hash of its inputs, so a second call is instant.
 """
 
 from __future__ import annotations
@@ -22,20 +27,25 @@ from pathlib import Path
 from builder import settings
 from builder.errors import BuilderError
 from builder.run import require_tool, run
+from builder.seed.packages import INSTALL_TIME
 from builder.store import cache_lock, staged_dir
 from builder.testbed.gpgkeys import archive_key, cache_root
 
 log = logging.getLogger("builder.testbed.image")
 
-FORMAT_VERSION = 3  # bump when the build steps change in a way the inputs below don't show
-STANDIN_NAME = "STANDIN-debian-bookworm-firstboot"
+FORMAT_VERSION = 4  # bump when the build steps change in a way the inputs below don't show
+STANDIN_NAME = "STANDIN-debian-trixie-firstboot"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# What ubuntu-server-minimal has that the first boot touches; nothing the minimal install lacks.
 PACKAGES = (
     "linux-image-amd64", "systemd-sysv", "udev", "dbus", "kmod", "cloud-init", "openssh-server",
-    "netplan.io", "nfs-common", "sudo", "locales", "ca-certificates", "iproute2", "initramfs-tools",
-    "e2fsprogs", "procps", "gnupg", "curl", "python3", "iputils-ping", "less",
+    "netplan.io", "sudo", "locales", "iproute2", "initramfs-tools",
+    "e2fsprogs", "procps", "curl", "python3", "iputils-ping", "less",
 )
+# Downloaded (not installed) with their closure: the harness repositories serve the real packages.
+INSTALL_TIME_DEBS = INSTALL_TIME  # the autoinstall's packages: (installed by the stand-in installer)
+FEATURE_DEBS = ("prometheus-node-exporter",)  # builder.testbed.featurepkgs: the harness Ubuntu mirror
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4")
 BLACKLIST_MODULES = ("floppy", "pcspkr", "kvm", "kvm_amd", "kvm_intel", "cfg80211", "joydev", "serio_raw",
                      "ata_piix", "ata_generic", "i2c_piix4", "bochs", "drm", "qemu_fw_cfg")
@@ -52,11 +62,25 @@ printf 'LABEL=root / ext4 defaults,errors=remount-ro 0 1\n' > "$R/etc/fstab"
 # Only NoCloud: no metadata-service probing (which would time out offline).
 printf 'datasource_list: [ NoCloud, None ]\n' > "$R/etc/cloud/cloud.cfg.d/90-standin-datasource.cfg"
 chroot "$R" systemctl enable systemd-networkd.service
+# systemd >= 256's ssh generator (sshd on AF_VSOCK / AF_UNIX sockets) is not on noble (systemd 255), and
+# without a vsock device it fails at every daemon-reload: masked, as an admin masks a generator.
+mkdir -p "$R/etc/systemd/system-generators"
+ln -s /dev/null "$R/etc/systemd/system-generators/systemd-ssh-generator"
 # Drivers QEMU's i440fx offers but the stand-in never uses: each costs seconds under TCG.
 printf 'blacklist %s\n' {blacklist} > "$R/etc/modprobe.d/standin-blacklist.conf"
 # The stand-in "Ubuntu archive" key plays ubuntu-keyring: the mirror is trusted without signed-by.
 install -m 0644 "$R/tmp/standin-archive.asc" "$R/etc/apt/trusted.gpg.d/standin-ubuntu-archive.asc"
 rm -f "$R/tmp/standin-archive.asc"
+# The real packages the harness repositories serve, with what the image lacks of their closure
+# (Recommends as apt installs them by default for the install-time ones, none for the features').
+for d in install feature; do mkdir -p "$R/tmp/dl-$d/partial"; done
+env -u APT_CONFIG chroot "$R" apt-get install -q -y --download-only -o APT::Install-Recommends=true \
+  -o Dir::Cache::archives=/tmp/dl-install/ {install_debs}
+env -u APT_CONFIG chroot "$R" apt-get install -q -y --download-only -o APT::Install-Recommends=false \
+  -o Dir::Cache::archives=/tmp/dl-feature/ {feature_debs}
+for d in install feature; do
+  mkdir -p "$R/../$d-debs" && mv "$R"/tmp/dl-$d/*.deb "$R/../$d-debs/"
+done
 # First boot writes its own sources; no host keys, no machine identity, no build leftovers.
 rm -f "$R/etc/apt/sources.list" "$R"/etc/apt/sources.list.d/*
 rm -f "$R"/etc/ssh/ssh_host_*
@@ -74,10 +98,12 @@ cp -L "$R"/boot/initrd.img-* "$R/../initrd.img"
 class ImageInputs:
     """Everything that determines the image's bytes; its hash is the cache key."""
 
-    suite: str = "bookworm"
+    suite: str = "trixie"
     mirror: str = DEFAULT_MIRROR
     security_mirror: str = DEFAULT_SECURITY_MIRROR
     packages: tuple[str, ...] = PACKAGES
+    install_debs: tuple[str, ...] = INSTALL_TIME_DEBS
+    feature_debs: tuple[str, ...] = FEATURE_DEBS
     initrd_modules: tuple[str, ...] = INITRD_MODULES
     blacklist_modules: tuple[str, ...] = BLACKLIST_MODULES
     size: str = "3G"
@@ -98,6 +124,16 @@ class StandinImage:
     initrd: Path
     append: str  # kernel command line for direct kernel boot
     key: str
+
+    @property
+    def install_debs(self) -> Path:
+        """The real Debian packages of the autoinstall's `packages:` (closure beyond the image)."""
+        return self.disk.parent / "install-debs"
+
+    @property
+    def feature_debs(self) -> Path:
+        """The real Debian packages of the optional features (builder.testbed.featurepkgs)."""
+        return self.disk.parent / "feature-debs"
 
 
 def default_inputs(source_date_epoch: int | None = None) -> ImageInputs:
@@ -144,6 +180,8 @@ def _build_image(inputs: ImageInputs, force: bool) -> StandinImage:
         manifest = {
             "name": STANDIN_NAME, "key": key, "inputs": asdict(inputs), "append": KERNEL_APPEND,
             "package_count": status.count("Package: "),
+            "downloaded": {d: sorted(p.name for p in (tmp / f"{d}-debs").glob("*.deb"))
+                           for d in ("install", "feature")},
             "seconds": {"mmdebstrap": round(t1 - t0, 1), "total": round(time.monotonic() - t0, 1)},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -158,6 +196,8 @@ def _mmdebstrap(inputs: ImageInputs, root: Path) -> None:
     customize = inputs.customize.format(
         modules=" ".join(shlex.quote(m) for m in inputs.initrd_modules), name=shlex.quote(STANDIN_NAME),
         blacklist=" ".join(shlex.quote(m) for m in inputs.blacklist_modules),
+        install_debs=" ".join(shlex.quote(m) for m in inputs.install_debs),
+        feature_debs=" ".join(shlex.quote(m) for m in inputs.feature_debs),
     )
     script = root.parent / "customize.sh"
     script.write_text(customize)

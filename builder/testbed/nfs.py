@@ -129,14 +129,16 @@ class GaneshaServer:
 
 
 @contextlib.contextmanager
-def nfs_server(workdir: Path, uid: int, gid: int, port: int | None = None):
-    """Start ganesha exporting a fresh Atlas tree; always stopped on exit."""
+def nfs_server(workdir: Path, uid: int, gid: int, port: int | None = None, start: bool = True):
+    """Start ganesha exporting a fresh Atlas tree (`start=False`: only prepared, `.start()` later);
+    always stopped on exit."""
     workdir = workdir.absolute()  # ganesha.conf and the pid file are read by another program
     workdir.mkdir(parents=True, exist_ok=True)
     tree = workdir / "atlas"
     make_tree(tree, uid, gid)
     server = GaneshaServer(workdir, tree, port or free_port())
-    server.start()
+    if start:
+        server.start()
     try:
         yield server
     finally:

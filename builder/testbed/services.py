@@ -102,8 +102,10 @@ class HarnessServices:
         return f"http://{self.guest_ip}"
 
 
-def harness_model(model: HostModel, services: HarnessServices, extra_ssh_key: str | None = None) -> HostModel:
-    """The model as the test guest must see it: repo URLs/keys and NFS server point at the harness."""
+def harness_model(model: HostModel, services: HarnessServices, extra_ssh_key: str | None = None,
+                  atlas_name: str | None = None) -> HostModel:
+    """The model as the test guest must see it: repo URLs/keys and NFS server point at the harness
+    (the NFS server as `atlas_name` when given: a name the guest must resolve)."""
     lay = RepoLayout()
     base = services.base_url
     apt = replace(
@@ -121,12 +123,13 @@ def harness_model(model: HostModel, services: HarnessServices, extra_ssh_key: st
     if extra_ssh_key:
         admin = replace(users[0], ssh_authorized_keys=(*users[0].ssh_authorized_keys, extra_ssh_key))
         users = (admin, *users[1:])
-    return replace(model, apt=apt, nfs=replace(model.nfs, server=services.guest_ip), users=users)
+    return replace(model, apt=apt, nfs=replace(model.nfs, server=atlas_name or services.guest_ip), users=users)
 
 
 @contextlib.contextmanager
-def harness_services(model: HostModel, workdir: Path) -> Iterator[HarnessServices]:
-    """Start NFS + signed APT repo on loopback; both are stopped on exit (also on Ctrl-C)."""
+def harness_services(model: HostModel, workdir: Path, nfs_running: bool = True) -> Iterator[HarnessServices]:
+    """Start NFS + signed APT repo on loopback; both are stopped on exit (also on Ctrl-C).
+    `nfs_running=False`: the NFS stand-in gets its port but is not started ("Atlas down")."""
     workdir = workdir.absolute()  # every path handed to another program must be absolute
     workdir.mkdir(parents=True, exist_ok=True)
     sde = model.host.source_date_epoch
@@ -139,5 +142,5 @@ def harness_services(model: HostModel, workdir: Path) -> Iterator[HarnessService
         build_repos(http_root, archive=archive, docker=docker, nvidia=nvidia, sde=sde)
     admin = model.admin
     with serving(http_root, access_log=workdir / "http-access.log") as http, \
-            nfs_server(workdir / "nfs", admin.uid, admin.gid) as nfs:
+            nfs_server(workdir / "nfs", admin.uid, admin.gid, start=nfs_running) as nfs:
         yield HarnessServices(service_address(model), http, nfs, docker, nvidia, archive)

@@ -23,6 +23,7 @@ from builder.errors import BuilderError
 from builder.resources import resource
 from builder.run import require_tool, run
 from builder.store import cache_lock, staged_file
+from builder.testbed.image import build_image
 from builder.testbed.rootfs import ROOTFS_NAME, standin_rootfs
 
 log = logging.getLogger("builder.testbed.standin_iso")
@@ -48,7 +49,8 @@ WANTED_MODULES = (
 # the shared libraries `ldd` names: (tool, Debian package).
 INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"),
                  ("unsquashfs", "squashfs-tools"))
-STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "embedded.cfg", "grub.cfg", "loopback.cfg",
+STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "packages.awk", "install-packages",
+                      "embedded.cfg", "grub.cfg", "loopback.cfg",
                       "installed-efi.cfg", "installed-bios.cfg", "installed-status")
 GRUB_COMMON_MODULES = (
     "iso9660", "part_msdos", "part_gpt", "fat", "normal", "configfile", "search", "search_fs_file",
@@ -211,6 +213,8 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
         (root / "etc" / "udhcpc.script").write_bytes(data_file("udhcpc.script"))
         (root / "bin" / "standin-install").write_bytes(data_file("install"))
         (root / "etc" / "standin-storage.awk").write_bytes(data_file("storage.awk"))
+        (root / "etc" / "standin-packages.awk").write_bytes(data_file("packages.awk"))
+        (root / "bin" / "standin-install-packages").write_bytes(data_file("install-packages"))
         _copy_install_tools(root)
         (root / "etc" / "standin-label").write_text(label + "\n")
         order = module_load_order(kernel)
@@ -220,7 +224,7 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
             shutil.copyfile(kernel.modules / rel, dst)
         (root / "etc" / "standin-modules").write_text("".join(f"{rel}\n" for rel in order))
         for p in (root / "bin" / "busybox", root / "init", root / "etc" / "udhcpc.script",
-                  root / "bin" / "standin-install"):
+                  root / "bin" / "standin-install", root / "bin" / "standin-install-packages"):
             p.chmod(0o755)
         _set_tree_mtimes(root, epoch)
         names = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
@@ -261,11 +265,13 @@ def write_md5sums(tree: Path, exclude: set[str]) -> None:
 
 
 def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, overwrite: bool = False,
-                      rootfs: Path | None = None) -> Path:
+                      rootfs: Path | None = None, install_debs: Path | None = None) -> Path:
     """Build the stand-in ISO at `out` (atomically). `pad_mib` adds a filler file (benchmarks).
 
     `rootfs` (builder.testbed.rootfs) becomes /casper/standin-rootfs.squashfs: the system the stand-in
-    installer unpacks onto the root partition (without it, the installed system is the stand-in initrd)."""
+    installer unpacks onto the root partition (without it, the installed system is the stand-in initrd).
+    `install_debs` (the image's real Debian install-time packages) becomes a signed apt repository at
+    the medium's root (/dists, /pool, as on Ubuntu's ISO), which the installer installs `packages:` from."""
     for tool, pkg in (("xorriso", "xorriso"), ("grub-mkimage", "grub-pc-bin"), ("mkfs.vfat", "dosfstools"),
                       ("mcopy", "mtools"), ("cpio", "cpio"), ("dpkg-deb", "dpkg")):
         require_tool(tool, pkg)
@@ -298,6 +304,10 @@ def build_standin_iso(out: Path, cache: Path, epoch: int, pad_mib: int = 0, over
         shutil.copyfile("/usr/lib/grub/i386-pc/boot.img", tree / INSTALLED_BIOS_BOOT)
         if rootfs is not None:
             shutil.copyfile(rootfs, tree / "casper" / ROOTFS_NAME)
+        if install_debs is not None:
+            from builder.testbed.installrepo import build_install_repo
+
+            build_install_repo(install_debs, tree, epoch)
         if pad_mib:
             (tree / "pad").mkdir()
             with open(tree / "pad" / "filler.bin", "wb") as f:
@@ -337,12 +347,14 @@ def cached_standin_iso(cache: Path, epoch: int = 1769126400) -> Path:
     for tool in install_tool_paths():  # the host's partitioning/formatting tools go into the initrd
         h.update(str(tool).encode() + tool.read_bytes())
     h.update(kernel_deb(cache).name.encode() + str(epoch).encode())
-    rootfs = standin_rootfs(cache)  # the installed system: the stand-in image's files (cached by its key)
+    image = build_image()
+    rootfs = standin_rootfs(cache, image)  # the installed system: the stand-in image's files (cached by its key)
     h.update(rootfs.name.encode())
+    h.update((Path(__file__).parent / "installrepo.py").read_bytes())  # its repository (by the image's key too)
     path = cache / "standin" / f"standin-{h.hexdigest()[:16]}.iso"
     with cache_lock(cache, path.stem):
         if not path.exists():
-            build_standin_iso(path, cache, epoch, rootfs=rootfs)
+            build_standin_iso(path, cache, epoch, rootfs=rootfs, install_debs=image.install_debs)
     return path
 
 

@@ -30,6 +30,7 @@ from builder.verify.catalog import build_catalog, select
 from builder.verify.core import CheckResult, Context, Endpoints, run_checks
 from builder.verify.host import SshHost
 from builder.verify.report import Report
+from builder.verify.ssh import GuestAccess
 from builder.verify.targets import Target, disk_target
 
 log = logging.getLogger("builder.verify.disk")
@@ -104,14 +105,50 @@ def serial_tail(serial_log: Path, lines: int = SERIAL_TAIL) -> str:
     return "\n".join(f"  | {ln}" for ln in tail) or "  (no serial output)"
 
 
+def wait_disk_up(access: GuestAccess, os_disk: Path, timeout: float, started: float) -> dict[str, float]:
+    """An installed disk has no console arguments: wait for the admin's SSH login, then for cloud-init
+    (`cloud-init status --wait`). Seconds since `started` per milestone; no login is an error that
+    quotes the serial log's last lines."""
+    from builder.verify.ssh import ssh_run, wait_for_ssh
+
+    serial_log = Path(access.serial_log)
+    user = access.user
+    try:
+        wait_for_ssh(access, timeout=timeout)
+    except BuilderError as exc:
+        raise BuilderError(
+            f"the disk {os_disk} did not come up: no SSH login as {user} within "
+            f"{timeout:.0f}s ({exc.message.splitlines()[0]}); the serial log's last lines:\n"
+            f"{serial_tail(serial_log)}",
+            hint=f"the whole console: {serial_log}" if serial_log.exists() else None) from None
+    timings = {"ssh_ready": round(time.monotonic() - started, 1)}
+    # The first boot restarts sshd (its MGMT bind) while cloud-init runs: an SSH session that fails
+    # (255) is not cloud-init's answer; ask again until the deadline.
+    while True:
+        remaining = max(60.0, timeout - (time.monotonic() - started))
+        proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
+        if proc.returncode != 255 or time.monotonic() - started > timeout:
+            break
+        log.info("SSH dropped while waiting for cloud-init (sshd restarting?): asking again")
+        time.sleep(5)
+    timings["cloud_init_done"] = round(time.monotonic() - started, 1)
+    status = [ln for ln in (proc.stdout or "").splitlines() if ln.strip(". ")]
+    log.info("cloud-init on the disk: %s", "; ".join(status[:2]))
+    return timings
+
+
 @contextlib.contextmanager
 def booted_disk(model: HostModel, images: DiskImages, workdir: Path, identity: Path, *,
-                timeout: float | None = None) -> Iterator[tuple[object, object]]:
-    """Start the harness services, boot the disk by its firmware, wait for SSH and cloud-init; yield (access, svc)."""
-    from builder.testbed.boot import NetPlan, nics_for
+                timeout: float | None = None) -> Iterator[tuple[GuestAccess, object]]:
+    """Start the harness services, boot the disk by its firmware, wait for SSH and cloud-init; yield (access, svc).
+
+    `access.power.reboot()` powers the machine off and boots the same disk again (a later boot)."""
+    from builder.testbed.boot import GuestPower, NetPlan, nics_for
     from builder.testbed.nfs import free_port
     from builder.testbed.services import harness_services
-    from builder.verify.ssh import GuestAccess, ssh_run, wait_for_ssh
+    class DiskPower(GuestPower):
+        def wait_up(self, vm: object, access: GuestAccess, started: float) -> dict[str, float]:
+            return wait_disk_up(access, images.os_disk, self.timeout, started)
 
     if timeout is None:
         timeout = settings.env_float("BUILDER_BOOT_TIMEOUT", DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT
@@ -129,26 +166,17 @@ def booted_disk(model: HostModel, images: DiskImages, workdir: Path, identity: P
                           memory_mb=1536, cpus=2, nics=nics_for(model, ports, fwds),
                           extra=tuple(disk_args(model, os_ov, sc_ov)))
             try:
-                with start_vm(spec, workdir) as vm:
+                with contextlib.ExitStack() as stack:
+                    vm = stack.enter_context(start_vm(spec, workdir))
                     started = time.monotonic()
                     access = GuestAccess(ssh_host="127.0.0.1", ssh_port=ports.ssh_port,
                                          servers_ssh_port=ports.servers_ssh_port, user=model.admin.name,
                                          identity_file=Path(identity), serial_log=serial_log, timings={},
                                          nfs=svc.nfs, vm=vm)
-                    try:
-                        wait_for_ssh(access, timeout=timeout)
-                    except BuilderError as exc:
-                        raise BuilderError(
-                            f"the disk {images.os_disk} did not come up: no SSH login as {model.admin.name} within "
-                            f"{timeout:.0f}s ({exc.message.splitlines()[0]}); the serial log's last lines:\n"
-                            f"{serial_tail(serial_log)}",
-                            hint=f"the whole console: {serial_log}" if serial_log.exists() else None) from None
-                    access.timings["ssh_ready"] = round(time.monotonic() - started, 1)
-                    remaining = max(60.0, timeout - (time.monotonic() - started))
-                    proc = ssh_run(access, "sudo cloud-init status --wait --long || true", timeout=remaining)
-                    access.timings["cloud_init_done"] = round(time.monotonic() - started, 1)
-                    status = [ln for ln in (proc.stdout or "").splitlines() if ln.strip(". ")]
-                    log.info("cloud-init on the disk: %s", "; ".join(status[:2]))
+                    power = DiskPower(spec, workdir, stack, access, fwds, timeout)
+                    access.timings.update(wait_disk_up(access, images.os_disk, timeout, started))
+                    access = replace(access, power=power)
+                    power.access = access
                     yield access, svc
             finally:
                 for fwd in fwds:
@@ -171,9 +199,14 @@ def preflight_disk(model: HostModel, path: Path, identity: Path) -> DiskImages:
 def verify_disk(
     model: HostModel, target: Target, identity: Path, workdir: Path, *, only: list[str] | None = None,
     on_result: Callable[[CheckResult], None] | None = None, started: float | None = None,
-    boot_timeout: float | None = None, notes: tuple[str, ...] = (),
+    boot_timeout: float | None = None, notes: tuple[str, ...] = (), second_boot: bool = True,
 ) -> tuple[Report, Path]:
-    """Boot the disk of `target`, run the catalog; return the Report (target with the SHA-256) and the serial log."""
+    """Boot the disk of `target`, run the catalog; then (unless `second_boot` is False) power it off, boot
+    the same disk again and re-run the second-boot checks (a later boot runs no first-boot commands).
+    Returns the Report (target with the SHA-256; a section per later boot) and the first boot's serial log."""
+    from builder.verify.report import BootSection
+    from builder.verify.session import SETTLE_TIMEOUT, second_boot_checks, settle
+
     if target.kind != "disk" or target.path is None:
         raise BuilderError(f"verify_disk needs a disk target, not {target.kind}")
     t0 = time.monotonic()
@@ -181,8 +214,9 @@ def verify_disk(
     digest = sha256_file(images.os_disk)
     target = disk_target(images.os_disk.absolute(), digest)
     timings: dict[str, float] = {"hashed": round(time.monotonic() - t0, 1)}
+    boots: tuple[BootSection, ...] = ()
     with booted_disk(model, images, workdir, identity, timeout=boot_timeout) as (access, _svc):
-        for k, v in access.timings.items():  # type: ignore[attr-defined]
+        for k, v in access.timings.items():
             timings[k] = round(timings["hashed"] + v, 1)
         host = SshHost(access)
         try:
@@ -192,14 +226,33 @@ def verify_disk(
             timings["checks_seconds"] = round(time.monotonic() - t, 1)
         finally:
             host.close()
-        serial = access.serial_log  # type: ignore[attr-defined]
+        serial = access.serial_log
         keep = workdir / "serial-copy.log"
         keep.write_bytes(Path(serial).read_bytes())
+        later = second_boot_checks(model, only) if second_boot else []
+        if later:
+            log.info("powering the disk off for boot 2")
+            access = access.power.reboot()
+            host = SshHost(access)
+            try:
+                t2: dict[str, float] = dict(access.timings)
+                t = time.monotonic()
+                settle(host, SETTLE_TIMEOUT)
+                t2["settled"] = round(t2.get("cloud_init_done", 0.0) + time.monotonic() - t, 1)
+                t = time.monotonic()
+                ctx = Context(host, model, Endpoints.from_access(access), target=target)
+                results2 = run_checks(later, ctx, on_result)
+                t2["checks_seconds"] = round(time.monotonic() - t, 1)
+            finally:
+                host.close()
+            keep2 = workdir / "serial-boot2-copy.log"
+            keep2.write_bytes(Path(access.serial_log).read_bytes())
+            boots = (BootSection("boot 2", tuple(results2), t2, str(keep2)),)
     if started is not None:
         timings["checks_done"] = round(time.monotonic() - started, 1)
     fw = "OVMF (UEFI)" if model.host.firmware == "uefi" else "SeaBIOS"
     reached = (f"{model.admin.name}@127.0.0.1 (MGMT forward) on the disk {images.os_disk} booted by {fw}, "
                f"sha256 {digest}")
     report = Report(model.host.hostname, reached, tuple(results), timings, str(keep), notes=notes,
-                    target_info=replace(target))
+                    target_info=replace(target), boots=boots)
     return report, keep

@@ -40,6 +40,8 @@ class GuestAccess:
     # Optional handles for fault tests and diagnostics (None when not booted by booted_guest):
     nfs: ServiceControl | None = None  # stop()/start() the Atlas NFS stand-in
     vm: Any = None  # builder.qemu.RunningVm: serial_text(), wait_for_text()
+    power: Any = None  # builder.testbed.boot.GuestPower: reboot() boots the same machine again
+    proxy_command: str | None = None  # ssh ProxyCommand (a routed MGMT: reached from the router namespace)
 
 
 SSH_OPTIONS = (
@@ -62,8 +64,9 @@ def ssh_command(
     """argv for running `cmd` (a shell line, or argv that is quoted for you) on the guest."""
     ssh = require_tool("ssh", "openssh-client")
     remote = cmd if isinstance(cmd, str) else shlex.join(cmd)
+    proxy = ["-o", f"ProxyCommand={access.proxy_command}"] if getattr(access, "proxy_command", None) else []
     return [
-        ssh, "-i", str(access.identity_file), "-p", str(port or access.ssh_port), *SSH_OPTIONS,
+        ssh, "-i", str(access.identity_file), "-p", str(port or access.ssh_port), *SSH_OPTIONS, *proxy,
         f"{user or access.user}@{access.ssh_host}", "--", remote,
     ]
 
