@@ -80,6 +80,10 @@ def _partitions(image: Path, tmp: Path) -> list[dict[str, str]]:
                          "/etc/cloud/cloud.cfg.d/90-installer-datasource.cfg", "/var/lib/dpkg/status"):
                 files[name] = subprocess.run(["debugfs", "-R", f"cat {name}", f"{raw}?offset={p['start'] * 512}"],
                                              capture_output=True, text=True).stdout
+            for name in ("/etc/systemd/system/rpcbind.socket", "/etc/systemd/system/ssh.socket.d"):
+                files[f"stat:{name}"] = subprocess.run(["debugfs", "-R", f"stat {name}",
+                                                        f"{raw}?offset={p['start'] * 512}"],
+                                                       capture_output=True, text=True).stdout
         out.append({"type": p["type"], "fs": props.get("TYPE", ""), "uuid": props.get("UUID", ""), **files})
     raw.unlink()
     return out
@@ -155,6 +159,10 @@ def assert_installed(out: Path, tmp_path: Path, firmware: str) -> list[dict[str,
     assert re.search(r"^STANDIN: install-time packages installed \(\d+ packages set up\): .*nfs-common=", serial, re.M)
     for pkg in ("nfs-common", "rpcbind", "gnupg"):
         assert f"Package: {pkg}\nStatus: install ok installed\n" in root["/var/lib/dpkg/status"], pkg
+    # the autoinstall's late-commands ran after the install: rpcbind masked, the ssh.socket drop-in in place
+    assert len(re.findall(r"^STANDIN: late-command \d+: ", serial, re.M)) >= 5, serial[-3000:]
+    assert 'Fast link dest: "/dev/null"' in root["stat:/etc/systemd/system/rpcbind.socket"]
+    assert "Type: directory" in root["stat:/etc/systemd/system/ssh.socket.d"]
     return [boot, root, scratch]
 
 

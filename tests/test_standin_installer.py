@@ -114,6 +114,7 @@ def run_standin(tmp_path: Path, disks: list[FakeDisk], autoinstall: dict[str, An
     here.mkdir()
     shutil.copyfile(resource("testbed", "standin-iso", "storage.awk"), here / "standin-storage.awk")
     shutil.copyfile(resource("testbed", "standin-iso", "packages.awk"), here / "standin-packages.awk")
+    shutil.copyfile(resource("testbed", "standin-iso", "late-commands.awk"), here / "standin-late-commands.awk")
     user_data = tmp_path / "user-data"
     if text is None:
         text = "#cloud-config\n" + to_yaml({"autoinstall": {"user-data": {"hostname": "standin-test"}, **autoinstall}})
@@ -363,4 +364,56 @@ def test_packages_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path:
     run = run_standin(tmp_path, BENCH, None, text)
     assert run.rc == 1
     assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall packages: not understood by the stand-in: nfs-common"
+    assert not any("run: " in line for line in run.lines)
+
+
+def test_the_rendered_late_commands_run_in_order_after_the_bootloader(tmp_path: Path) -> None:
+    """Subiquity runs the autoinstall's late-commands after the install: so does the stand-in, each command
+    exactly as rendered (the reader gives back the same argv), `curtin in-target` as a chroot into the target,
+    update-grub skipped (the stand-in writes its own grub.cfg), before the filesystems are unmounted."""
+    import shlex
+
+    import yaml
+
+    from builder.seed.render import render_host
+
+    text = render_host(load_model())["autoinstall/user-data"].decode()
+    want = yaml.safe_load(text)["autoinstall"]["late-commands"]
+    awk = resource("testbed", "standin-iso", "late-commands.awk")
+    out = subprocess.run([str(BUSYBOX), "awk", "-f", str(awk)], input=text, capture_output=True, text=True, check=True)
+    assert [shlex.split(line) for line in out.stdout.splitlines()] == want
+    run = run_standin(tmp_path, [FakeDisk("sda", "sata", "QEMU HARDDISK", "S6PNNX0T000001"),
+                                 FakeDisk("nvme0n1", "nvme", "QEMU NVMe Ctrl", "S64ANS0T000001")], None, text)
+    assert run.rc == 0 and run.lines[-1] == INSTALL_OK, run.lines
+    late = [line for line in run.lines if line.startswith("STANDIN: late-command ")]
+    assert len(late) == len(want)
+    assert "ln -sfn /dev/null /target/etc/systemd/system/rpcbind.socket" in "\n".join(late)
+    assert any("curtin in-target -- update-grub: skipped" in line for line in late)
+    text_out = "\n".join(run.lines)
+    assert text_out.index("bootloader:") < text_out.index("STANDIN: late-command 1:") < text_out.index("run: umount")
+
+
+@pytest.mark.parametrize(("entry", "want"), [
+    ('["sh", "-c", "echo \\"it\'s\\" \\\\ done"]', ["sh", "-c", 'echo "it\'s" \\ done']),
+    ('["curtin", "in-target", "--target=/target", "--", "systemctl", "mask", "rpcbind.socket"]',
+     ["curtin", "in-target", "--target=/target", "--", "systemctl", "mask", "rpcbind.socket"]),
+    ('"touch /target/x && echo ok"', ["sh", "-c", "touch /target/x && echo ok"]),
+])
+def test_the_late_commands_reader_gives_back_each_argv(entry: str, want: list[str]) -> None:
+    import shlex
+
+    text = f"#cloud-config\nautoinstall:\n  version: 1\n  late-commands:\n    - {entry}\n  user-data: {{}}\n"
+    awk = resource("testbed", "standin-iso", "late-commands.awk")
+    out = subprocess.run([str(BUSYBOX), "awk", "-f", str(awk)], input=text, capture_output=True, text=True, check=True)
+    assert [shlex.split(line) for line in out.stdout.splitlines()] == [want]
+
+
+def test_late_commands_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path: Path) -> None:
+    storage = storage_config(_model(*MATCHES[0]))
+    text = "#cloud-config\n" + to_yaml({"autoinstall": {"version": 1, "storage": storage,
+                                                         "user-data": {"hostname": "h"}}})
+    text = text.replace("autoinstall:\n", "autoinstall:\n  late-commands:\n    - {cmd: x}\n", 1)
+    run = run_standin(tmp_path, BENCH, None, text)
+    assert run.rc == 1
+    assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall late-commands: not understood by the stand-in: {{cmd: x}}"
     assert not any("run: " in line for line in run.lines)

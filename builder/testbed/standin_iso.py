@@ -49,7 +49,8 @@ WANTED_MODULES = (
 # the shared libraries `ldd` names: (tool, Debian package).
 INSTALL_TOOLS = (("sfdisk", "fdisk"), ("mke2fs", "e2fsprogs"), ("mkfs.fat", "dosfstools"), ("blkid", "util-linux"),
                  ("unsquashfs", "squashfs-tools"))
-STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "packages.awk", "install-packages",
+STANDIN_DATA_FILES = ("init", "udhcpc.script", "install", "storage.awk", "packages.awk", "late-commands.awk",
+                      "install-packages",
                       "embedded.cfg", "grub.cfg", "loopback.cfg",
                       "installed-efi.cfg", "installed-bios.cfg", "installed-status")
 GRUB_COMMON_MODULES = (
@@ -214,6 +215,7 @@ def build_initrd(kernel: KernelTree, out: Path, label: str, epoch: int) -> None:
         (root / "bin" / "standin-install").write_bytes(data_file("install"))
         (root / "etc" / "standin-storage.awk").write_bytes(data_file("storage.awk"))
         (root / "etc" / "standin-packages.awk").write_bytes(data_file("packages.awk"))
+        (root / "etc" / "standin-late-commands.awk").write_bytes(data_file("late-commands.awk"))
         (root / "bin" / "standin-install-packages").write_bytes(data_file("install-packages"))
         _copy_install_tools(root)
         (root / "etc" / "standin-label").write_text(label + "\n")
