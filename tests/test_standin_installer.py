@@ -356,15 +356,20 @@ def test_the_packages_reader_takes_flow_and_block_lists(section: str, want: list
     assert out.stdout.split() == want
 
 
-def test_packages_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("section", "failure"), [
+    ("  packages: nfs-common\n", "autoinstall packages: not understood by the stand-in: nfs-common"),
+    ("  late-commands:\n    - {cmd: x}\n", "autoinstall late-commands: not understood by the stand-in: {cmd: x}"),
+])
+def test_sections_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path: Path, section: str,
+                                                                        failure: str) -> None:
     storage = storage_config(_model(*MATCHES[0]))
     text = "#cloud-config\n" + to_yaml({"autoinstall": {"version": 1, "storage": storage,
                                                          "user-data": {"hostname": "h"}}})
-    text = text.replace("autoinstall:\n", "autoinstall:\n  packages: nfs-common\n", 1)
+    text = text.replace("autoinstall:\n", "autoinstall:\n" + section, 1)
     run = run_standin(tmp_path, BENCH, None, text)
     assert run.rc == 1
-    assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall packages: not understood by the stand-in: nfs-common"
-    assert not any("run: " in line for line in run.lines)
+    assert run.lines[-1] == f"{INSTALL_FAILED}: {failure}"
+    assert not any("STANDIN: run: " in line for line in run.lines)
 
 
 def test_the_rendered_late_commands_run_in_order_after_the_bootloader(tmp_path: Path) -> None:
@@ -407,13 +412,3 @@ def test_the_late_commands_reader_gives_back_each_argv(entry: str, want: list[st
     out = subprocess.run([str(BUSYBOX), "awk", "-f", str(awk)], input=text, capture_output=True, text=True, check=True)
     assert [shlex.split(line) for line in out.stdout.splitlines()] == [want]
 
-
-def test_late_commands_the_stand_in_cannot_read_fail_before_touching_a_disk(tmp_path: Path) -> None:
-    storage = storage_config(_model(*MATCHES[0]))
-    text = "#cloud-config\n" + to_yaml({"autoinstall": {"version": 1, "storage": storage,
-                                                         "user-data": {"hostname": "h"}}})
-    text = text.replace("autoinstall:\n", "autoinstall:\n  late-commands:\n    - {cmd: x}\n", 1)
-    run = run_standin(tmp_path, BENCH, None, text)
-    assert run.rc == 1
-    assert run.lines[-1] == f"{INSTALL_FAILED}: autoinstall late-commands: not understood by the stand-in: {{cmd: x}}"
-    assert not any("run: " in line for line in run.lines)
