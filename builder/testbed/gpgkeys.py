@@ -72,32 +72,37 @@ def stop_agent(gnupghome: Path) -> None:
             run([gpgconf, "--kill", "all"], env=gnupg_env(gnupghome), check=False, timeout=20)
     for sig in (0, signal.SIGTERM):
         if sig:
-            for pid in _agent_pids(gnupghome):
+            for pid in agent_pids(gnupghome):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         deadline = time.monotonic() + 10
-        while _agent_pids(gnupghome) and time.monotonic() < deadline:
+        while agent_pids(gnupghome) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 
-def _agent_pids(gnupghome: Path) -> list[int]:
-    """Live gpg-agent processes serving `gnupghome` (from /proc; zombies excluded)."""
-    want = str(Path(gnupghome).resolve())
-    pids = []
+def running_agents() -> dict[int, Path]:
+    """Live gpg-agent processes (zombies excluded) -> the GNUPGHOME each serves (its `--homedir`, resolved)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        except (OSError, IndexError):  # gone meanwhile, or not ours to read
             continue
         if state == "Z" or not argv or os.path.basename(argv[0]) != b"gpg-agent":
             continue
         homes = [os.fsdecode(b) for a, b in zip(argv, argv[1:], strict=False) if a == b"--homedir"]
-        if homes and str(Path(homes[0]).resolve()) == want:
-            pids.append(int(entry.name))
-    return pids
+        if homes:
+            found[int(entry.name)] = Path(homes[0]).resolve()
+    return found
+
+
+def agent_pids(gnupghome: Path) -> list[int]:
+    """Live gpg-agent processes serving `gnupghome`."""
+    want = Path(gnupghome).resolve()
+    return sorted(pid for pid, home in running_agents().items() if home == want)
 
 
 def make_key(directory: Path, uid: str) -> SigningKey:
