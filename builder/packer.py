@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder import settings
 from builder.errors import BuilderError
 from builder.media.digest import cached_sha256
 from builder.media.fetch import cache_dir
@@ -215,9 +216,10 @@ def template_target(template: Path) -> Path:
 
 
 def machine_vars(accel: str | None = None) -> dict[str, str]:
-    """Accelerator and CPU model, the same decision as every other QEMU boot (builder.qemu)."""
+    """Accelerator, CPU model and vCPUs, the same decisions as every other QEMU boot (builder.qemu,
+    $BUILDER_VM_CPUS)."""
     accel = accel or detect_accel()
-    return {"accelerator": accel, "cpu_model": "host" if accel == "kvm" else "max"}
+    return {"accelerator": accel, "cpu_model": "host" if accel == "kvm" else "max", "cpus": str(settings.vm_cpus())}
 
 
 def _var_args(values: Mapping[str, str]) -> list[str]:

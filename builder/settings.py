@@ -56,8 +56,21 @@ def source_date_epoch(default: int) -> int:
     return value
 
 
+VM_CPUS_DEFAULT = 2
+
+
+def vm_cpus() -> int:
+    """vCPUs of the machines builder boots itself (Packer's VM, the disk target, the stand-in):
+    $BUILDER_VM_CPUS, else 2. Under TCG each vCPU is a host thread: on a small machine running
+    several guests at once, 1 is faster (the test suite sets it)."""
+    value = env_int("BUILDER_VM_CPUS", VM_CPUS_DEFAULT, minimum=1)
+    assert value is not None
+    return value
+
+
 def check_environment() -> None:
     """Validate every variable builder reads, once, before any stage runs."""
     env_int("SOURCE_DATE_EPOCH")
     env_float("BUILDER_BOOT_TIMEOUT")
     env_choice("BUILDER_ACCEL", ("tcg", "kvm"))
+    vm_cpus()

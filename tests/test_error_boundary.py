@@ -18,6 +18,7 @@ CASES = [
      "SOURCE_DATE_EPOCH"),
     ("boot-timeout-env", {"BUILDER_BOOT_TIMEOUT": "abc"}, lambda t: ["verify", "--out", str(t / "out")],
      "BUILDER_BOOT_TIMEOUT"),
+    ("vm-cpus-env", {"BUILDER_VM_CPUS": "0"}, lambda t: ["render", "--out", str(t / "out")], "BUILDER_VM_CPUS"),
     ("accel-env", {"BUILDER_ACCEL": "warp"}, lambda t: ["render", "--out", str(t / "out")], "BUILDER_ACCEL"),
     ("serve-port", {}, lambda t: ["serve", str(t), "--port", "99999"], "--port"),
     ("serve-port-text", {}, lambda t: ["serve", str(t), "--port", "http"], "--port"),

@@ -77,8 +77,14 @@ def test_disk_serial_must_be_reproducible_in_qemu() -> None:
 
 
 def test_machine_vars_follow_the_shared_accel_decision(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert machine_vars("kvm") == {"accelerator": "kvm", "cpu_model": "host"}
-    assert machine_vars("tcg") == {"accelerator": "tcg", "cpu_model": "max"}
+    monkeypatch.delenv("BUILDER_VM_CPUS", raising=False)
+    assert machine_vars("kvm") == {"accelerator": "kvm", "cpu_model": "host", "cpus": "2"}
+    assert machine_vars("tcg") == {"accelerator": "tcg", "cpu_model": "max", "cpus": "2"}
+    monkeypatch.setenv("BUILDER_VM_CPUS", "1")
+    assert machine_vars("tcg")["cpus"] == "1"
+    monkeypatch.setenv("BUILDER_VM_CPUS", "0")
+    with pytest.raises(BuilderError, match=r"BUILDER_VM_CPUS='0': expected a number >= 1"):
+        machine_vars("tcg")
     assert PACKER_ENV["CHECKPOINT_DISABLE"] == "1"
 
 

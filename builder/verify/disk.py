@@ -163,7 +163,7 @@ def booted_disk(model: HostModel, images: DiskImages, workdir: Path, identity: P
             ports = NetPlan(free_port(), free_port())
             fwds = svc.guestfwds()
             spec = VmSpec(name=f"disk-{model.host.hostname}", serial_log=serial_log, firmware=model.host.firmware,
-                          memory_mb=1536, cpus=2, nics=nics_for(model, ports, fwds),
+                          memory_mb=1536, cpus=settings.vm_cpus(), nics=nics_for(model, ports, fwds),
                           extra=tuple(disk_args(model, os_ov, sc_ov)))
             try:
                 with contextlib.ExitStack() as stack:
