@@ -277,7 +277,7 @@ def test_partitions_formats_and_fstab_follow_the_storage_config(tmp_path: Path, 
     assert f"run: /usr/sbin/unsquashfs -f -n -d {tmp_path}/target {tmp_path}/cdrom/casper/standin-rootfs.squashfs" \
         in text
     assert text.index("unsquashfs") < text.index("STANDIN: fstab: ")  # unpacked before fstab and seed are written
-    assert f"linux /boot/vmlinuz-VERSION root=UUID={root_uuid} ro net.ifnames=1\n" in grub_cfg
+    assert f"linux /boot/vmlinuz-VERSION root=UUID={root_uuid} ro net.ifnames=1 no_timer_check\n" in grub_cfg
     assert "initrd /boot/initrd.img-VERSION\n" in grub_cfg
     assert "console=" not in grub_cfg  # no installer console arguments on the installed system
     if firmware == "uefi":

@@ -49,7 +49,10 @@ FEATURE_DEBS = ("prometheus-node-exporter",)  # builder.testbed.featurepkgs: the
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "ext4")
 BLACKLIST_MODULES = ("floppy", "pcspkr", "kvm", "kvm_amd", "kvm_intel", "cfg80211", "joydev", "serio_raw",
                      "ata_piix", "ata_generic", "i2c_piix4", "bochs", "drm", "qemu_fw_cfg")
-KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200n8 net.ifnames=1 random.trust_cpu=on"
+# no_timer_check: under TCG on a loaded host the kernel's boot-time IO-APIC timer check can time out
+# and fall back to ExtINT routing, after which the guest may lose device interrupts (seen: a silent
+# console). Test-bed kernel lines only; the product's own GRUB lines (ISO, PXE) do not carry it.
+KERNEL_APPEND = "root=/dev/vda rw console=ttyS0,115200n8 net.ifnames=1 random.trust_cpu=on no_timer_check"
 
 # Run inside mmdebstrap's customize phase ($1 = the root folder). Data, not logic: part of the key.
 CUSTOMIZE_SCRIPT = r"""
