@@ -22,8 +22,7 @@ TIMER_FALLBACK = "MP-BIOS bug: 8254 timer not connected to IO-APIC"
 def boot_all(specs: list[VmSpec], workdir: Path, timeout: float) -> dict[str, str | Exception]:
     """`boot_all_once`, then once more for each guest whose kernel fell back to ExtINT timer routing."""
     results = boot_all_once(specs, workdir, timeout)
-    again = [spec for spec in specs
-             if isinstance(results.get(spec.name), str) and TIMER_FALLBACK in str(results[spec.name])]
+    again = [spec for spec in specs if isinstance(log := results.get(spec.name), str) and TIMER_FALLBACK in log]
     for spec in again:
         print(f"{spec.name}: the guest kernel logged '{TIMER_FALLBACK}' (TCG under host load): booting it again")
     if again:

@@ -96,12 +96,12 @@ def nics_for(model: HostModel, ports: NetPlan, fwds: tuple[GuestFwd, ...],
 
 
 def vm_spec(model: HostModel, image: StandinImage, overlay: Path, seed_iso: Path, serial_log: Path,
-            nics: tuple[Nic, ...], memory_mb: int = 1536, cpus: int | None = None) -> VmSpec:
+            nics: tuple[Nic, ...], memory_mb: int = 1536) -> VmSpec:
     return VmSpec(
         name=f"firstboot-{model.host.hostname}",
         serial_log=serial_log,
         memory_mb=memory_mb,
-        cpus=cpus or settings.vm_cpus(),
+        cpus=settings.vm_cpus(),
         drives=(Drive(overlay, kind="virtio", fmt="qcow2"), Drive(seed_iso, kind="virtio", readonly=True)),
         nics=nics,
         kernel=image.kernel,
